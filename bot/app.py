@@ -1,0 +1,151 @@
+"""The one HTTP server: web chat, dossier API, health; and the workers behind it.
+
+browser ─POST /chat/api/events─▶ WebChat ─▶ Ingress (inbox) ─▶ Dispatcher
+    ─▶ ConversationService (engine + actions, one transaction) ─▶ outbox
+    ─▶ OutboxSender ─▶ channel.send ─▶ browser polls /chat/api/messages
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from sqlalchemy import func, text
+from sqlmodel import select
+
+from bot.api import DossierApi
+from bot.channels.base import Channel
+from bot.channels.webchat import WebChat
+from bot.clock import Clock
+from bot.config import Settings
+from bot.conversation import ConversationService
+from bot.dispatcher import Dispatcher
+from bot.flowstore import FlowCache, seed_flows
+from bot.ingress import Ingress
+from bot.outbox import OutboxSender
+from bot.workdays import WorkCalendar
+from storage.db import Database
+from storage.models import InboxEvent, OutboxMessage
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Service:
+    """Everything a running bot holds; tests reach inside through `app[SERVICE]`."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    calendar: WorkCalendar
+    flows: FlowCache
+    conversations: ConversationService
+    dispatcher: Dispatcher
+    ingress: Ingress
+    sender: OutboxSender
+    channels: dict[str, Channel] = field(default_factory=dict)
+
+
+SERVICE = web.AppKey("service", Service)
+
+
+def build_service(settings: Settings, clock: Clock, db: Database | None = None) -> Service:
+    db = db or Database(settings.storage.url, settings.base_dir, settings.storage.pool_size)
+    calendar = WorkCalendar(settings.workdays.extra_days_off, settings.workdays.makeup_working_days)
+    flows = FlowCache(settings)
+    channels: dict[str, Channel] = {}
+    if settings.chat.enabled:
+        channels["webchat"] = WebChat(db, settings)
+    sender = OutboxSender(db, clock, channels, settings.outbox)
+    conversations = ConversationService(db, settings, clock, flows, on_outbox=sender.wake)
+    dispatcher = Dispatcher(conversations, db, clock, concurrency=4 if db.is_sqlite else 16)
+    ingress = Ingress(db, dispatcher, clock)
+    for channel in channels.values():
+        if isinstance(channel, WebChat):
+            channel.ingress = ingress
+    return Service(
+        settings, clock, db, calendar, flows, conversations, dispatcher, ingress, sender, channels
+    )
+
+
+@web.middleware
+async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """An unexpected error is logged with its request and answered without details."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        if request.path.startswith(("/api/", "/chat/api/")):
+            return web.json_response(
+                {"error": "temporarily unavailable; nothing was lost, please retry"}, status=503
+            )
+        return web.Response(status=503, text="Hệ thống tạm thời gián đoạn, vui lòng thử lại sau.")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and readiness: the database answers; queue lengths for a glance."""
+    service = request.app[SERVICE]
+    try:
+        async with service.db.sessions() as s:
+            await s.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            inbox = await s.scalar(select(func.count()).where(InboxEvent.status == "pending"))
+            outbox = await s.scalar(
+                select(func.count()).where(OutboxMessage.status.in_(("pending", "sending")))  # type: ignore[attr-defined]
+            )
+            failed = await s.scalar(select(func.count()).where(OutboxMessage.status == "failed"))
+    except Exception as exc:
+        log.warning("health check: database unavailable: %s", exc)
+        return web.json_response({"status": "error", "database": "unavailable"}, status=503)
+    return web.json_response(
+        {
+            "status": "ok",
+            "database": "ok",
+            "inbox_pending": inbox,
+            "outbox_pending": outbox,
+            "outbox_failed": failed,
+        }
+    )
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/chat")
+
+
+def build_app(service: Service) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=256 * 1024)
+    app[SERVICE] = service
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static", HERE / "static")
+    api = DossierApi(service.db, service.settings, service.clock, service.calendar)
+    app.add_routes(api.routes())
+    for channel in service.channels.values():
+        if isinstance(channel, WebChat):
+            app.add_routes(channel.routes())
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    service = app[SERVICE]
+    async with service.db.transaction() as s:
+        for note in await seed_flows(s, service.settings, service.clock.now()):
+            log.info("flow published from flows/data: %s", note)
+    service.dispatcher.start()
+    service.sender.start()
+
+
+async def _stop(app: web.Application) -> None:
+    service = app[SERVICE]
+    await service.sender.stop()
+    await service.dispatcher.stop()
+    await service.db.dispose()

@@ -1,0 +1,241 @@
+"""Settings: read `config.toml`, apply `HAILONG_<SECTION>_<KEY>` overrides, validate once.
+
+A wrong value raises `ConfigError` whose message names the key, where the value came
+from and what is allowed; `bot.py` prints it and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config.toml"
+ENV_PREFIX = "HAILONG_"
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or has a value that is not allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (or be empty)")
+        return v.rstrip("/")
+
+
+class StorageSettings(_Section):
+    url: str = "sqlite:///data/hailong.db"
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        allowed = ("sqlite", "postgresql", "postgres")
+        scheme = v.split(":", 1)[0].split("+", 1)[0]
+        if "://" not in v or scheme not in allowed:
+            raise ValueError(
+                "must be a database URL: sqlite:///path/to/file.db or "
+                "postgresql://user@host:port/dbname"
+            )
+        return v
+
+
+class ApiSettings(_Section):
+    token: str = ""
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: str) -> str:
+        if v and len(v) < 16:
+            raise ValueError("must be empty (API off) or at least 16 characters")
+        return v
+
+
+class ChatSettings(_Section):
+    enabled: bool = True
+    default_language: Literal["vi", "en"] = "vi"
+
+
+class ConversationSettings(_Section):
+    max_text_chars: Annotated[int, Field(ge=100, le=100_000)] = 4000
+    idle_reset_minutes: Annotated[int, Field(ge=1)] = 120
+
+
+class ScaleLevel(_Section):
+    value: int
+    vi: Annotated[str, Field(min_length=1)]
+    en: Annotated[str, Field(min_length=1)]
+    counts_as: Literal["satisfied", "neutral", "unsatisfied"]
+
+
+class Criterion(_Section):
+    key: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    vi: Annotated[str, Field(min_length=1)]
+    en: Annotated[str, Field(min_length=1)]
+
+
+class RatingSettings(_Section):
+    scale: Annotated[list[ScaleLevel], Field(min_length=2, max_length=5)]
+    criteria: Annotated[list[Criterion], Field(min_length=1, max_length=20)]
+    comment_max_chars: Annotated[int, Field(ge=10, le=10_000)] = 2000
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RatingSettings:
+        values = [level.value for level in self.scale]
+        if values != sorted(set(values)):
+            raise ValueError("scale: values must be distinct and listed lowest first")
+        if not any(level.counts_as == "satisfied" for level in self.scale):
+            raise ValueError('scale: at least one level must count as "satisfied"')
+        keys = [c.key for c in self.criteria]
+        if len(keys) != len(set(keys)):
+            raise ValueError("criteria: keys must be distinct")
+        return self
+
+    def level(self, value: int) -> ScaleLevel | None:
+        return next((lv for lv in self.scale if lv.value == value), None)
+
+
+class OutboxSettings(_Section):
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
+    backoff_base_seconds: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max_seconds: Annotated[float, Field(gt=0)] = 300.0
+
+
+class WorkdaySettings(_Section):
+    extra_days_off: list[date] = []
+    makeup_working_days: list[date] = []
+
+
+class DemoSettings(_Section):
+    autoload: bool = True
+    seed: int = 2025
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    api: ApiSettings = ApiSettings()
+    chat: ChatSettings = ChatSettings()
+    conversation: ConversationSettings = ConversationSettings()
+    rating: RatingSettings
+    outbox: OutboxSettings = OutboxSettings()
+    workdays: WorkdaySettings = WorkdaySettings()
+    demo: DemoSettings = DemoSettings()
+    log: LogSettings = LogSettings()
+
+    # Where the file was read from; relative paths in settings are relative to it.
+    base_dir: Path = ROOT
+
+    @property
+    def public_url(self) -> str:
+        return self.server.public_url or f"http://{self.server.host}:{self.server.port}"
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    out: dict[str, type[BaseModel]] = {}
+    for name, field in Settings.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out[name] = ann
+    return out
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Map HAILONG_<SECTION>_<KEY> variables onto (section, key) values.
+
+    Returns the overrides and, for error messages, where each (section.key) came from.
+    """
+    sections = _sections()
+    overrides: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == "HAILONG_CONFIG":
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section = next(
+            (s for s in sorted(sections, key=len, reverse=True) if rest.startswith(s + "_")), None
+        )
+        if section is None:
+            raise ConfigError(
+                f"{var}: unknown section; allowed: "
+                + ", ".join(f"HAILONG_{s.upper()}_<KEY>" for s in sections)
+            )
+        key = rest[len(section) + 1 :]
+        model = sections[section]
+        if key not in model.model_fields:
+            raise ConfigError(
+                f"{var}: [{section}] has no key {key!r}; allowed: " + ", ".join(model.model_fields)
+            )
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{var}: not valid JSON ({exc.msg})") from exc
+        overrides.setdefault(section, {})[key] = value
+        origin[f"{section}.{key}"] = f"environment variable {var}"
+    return overrides, origin
+
+
+def _format_errors(exc: ValidationError, source: str, origin: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        where = origin.get(".".join(loc[:2]), source)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "missing":
+            msg = "required setting is missing"
+        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" = {err['input']!r}"
+        lines.append(f"  {key}{shown} ({where}): {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(
+    path: Path | str | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read the TOML file, apply environment overrides and validate everything once."""
+    environ = dict(os.environ if environ is None else environ)
+    path = Path(path or environ.get("HAILONG_CONFIG") or DEFAULT_CONFIG)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    overrides, origin = _env_overrides(environ)
+    for section, values in overrides.items():
+        current = data.setdefault(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        current.update(values)
+    data["base_dir"] = path.resolve().parent
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path), origin)) from None

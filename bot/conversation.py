@@ -1,0 +1,218 @@
+"""One event of one conversation, in one transaction.
+
+Takes the oldest pending inbox event of a conversation (the conversation row is locked,
+so events of one conversation are handled one at a time and in order, even with several
+processes), runs the flow engine and the actions it asks for, and writes the new state,
+the domain rows and the outgoing messages together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.actions import ActionContext, run_action
+from bot.channels.base import message_body
+from bot.clock import Clock
+from bot.config import Settings
+from bot.flowstore import FlowCache
+from bot.logs import mask
+from flows import engine
+from storage.db import Database
+from storage.models import Citizen, Conversation, InboxEvent, OutboxMessage
+from storage.ops import insert_ignore
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+APOLOGY = {
+    "vi": "Xin lỗi anh/chị, hệ thống gặp sự cố khi xử lý tin nhắn vừa rồi. Tin nhắn đã được "
+    "lưu lại. Anh/chị vui lòng thử lại sau ít phút hoặc gõ «menu» để bắt đầu lại.",
+    "en": "Sorry, something went wrong while handling your last message. It has been kept. "
+    'Please try again in a few minutes or type "menu" to start over.',
+}
+
+
+def to_engine_event(ev: InboxEvent) -> engine.Event:
+    if ev.kind == "button":
+        return engine.Tap(ev.payload or "", ev.turn)
+    if ev.kind == "start":
+        return engine.Start(ev.payload)
+    if ev.kind == "unsupported":
+        return engine.Unsupported(ev.text or "attachment")
+    return engine.Text(ev.text or "")
+
+
+class ConversationService:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Clock,
+        flows: FlowCache,
+        on_outbox: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        self.flows = flows
+        self.on_outbox = on_outbox
+
+    async def process_next(self, channel: str, user_key: str) -> bool:
+        """Handle the conversation's oldest pending event; False when there is none.
+
+        Raises nothing: a failure is recorded on the inbox row (retried, then marked
+        failed with an apology to the citizen) and logged with the event's id.
+        """
+        now = self.clock.now()
+        event_id: int | None = None
+        try:
+            async with self.db.transaction() as s:
+                conv = await self._lock_conversation(s, channel, user_key, now)
+                ev = await s.scalar(
+                    select(InboxEvent)
+                    .where(
+                        InboxEvent.channel == channel,
+                        InboxEvent.user_key == user_key,
+                        InboxEvent.status == "pending",
+                    )
+                    .order_by(InboxEvent.id)  # type: ignore[arg-type]
+                    .limit(1)
+                )
+                if ev is None:
+                    return False
+                event_id = ev.id
+                await self._apply(s, conv, ev, now)
+                ev.status = "done"
+                ev.processed_at = now
+        except Exception as exc:
+            if event_id is None:
+                log.exception("conversation %s:%s could not be loaded", channel, mask(user_key))
+                return False
+            await self._record_failure(channel, user_key, event_id, exc)
+            return False
+        self.on_outbox()
+        return True
+
+    async def _lock_conversation(
+        self, s: AsyncSession, channel: str, user_key: str, now: datetime
+    ) -> Conversation:
+        query = (
+            select(Conversation)
+            .where(Conversation.channel == channel, Conversation.user_key == user_key)
+            .with_for_update()
+        )
+        conv = await s.scalar(query)
+        if conv is not None:
+            return conv
+        citizen = Citizen(created_at=now)
+        s.add(citizen)
+        await s.flush()
+        values = dict(
+            channel=channel,
+            user_key=user_key,
+            citizen_id=citizen.id,
+            lang=self.settings.chat.default_language,
+            vars={},
+            started_at=now,
+            updated_at=now,
+        )
+        if await insert_ignore(s, Conversation, values, ["channel", "user_key"]) is None:
+            await s.delete(citizen)  # another process created the conversation first
+        conv = await s.scalar(query)
+        assert conv is not None
+        return conv
+
+    async def _apply(
+        self, s: AsyncSession, conv: Conversation, ev: InboxEvent, now: datetime
+    ) -> None:
+        if ev.lang in ("vi", "en") and (ev.kind == "start" or conv.step is None):
+            conv.lang = ev.lang
+        lib = await self.flows.library(s, conv.flow_version_id)
+        state = engine.State(
+            lang=conv.lang,
+            version=conv.flow_version_id,
+            step=conv.step,
+            vars=conv.vars,
+            updated_at=None if conv.step is None else conv.updated_at,
+        )
+        result = engine.handle(lib, state, to_engine_event(ev), now)
+        effects = list(result.effects)
+        while (call := result.call) is not None:
+            ctx = ActionContext(
+                s, self.settings, conv.citizen_id, conv.channel, now, result.state.vars
+            )
+            done = await run_action(ctx, call.action, call.args)
+            result = engine.handle(lib, result.state, done, now)
+            effects.extend(result.effects)
+        state = result.state
+        conv.flow_version_id = state.version
+        conv.step = state.step
+        conv.vars = dict(state.vars)
+        conv.updated_at = now
+        for send in effects:
+            if isinstance(send, engine.Send):
+                buttons = [{"payload": b.payload, "title": b.title} for b in send.buttons]
+                self._queue(s, conv, message_body(send.text, buttons, send.turn), now)
+
+    def _queue(self, s: AsyncSession, conv: Conversation, body: dict, now: datetime) -> None:
+        s.add(
+            OutboxMessage(
+                channel=conv.channel,
+                recipient=conv.user_key,
+                conversation_id=conv.id,
+                body=body,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+
+    async def _record_failure(
+        self, channel: str, user_key: str, event_id: int, exc: Exception
+    ) -> None:
+        now = self.clock.now()
+        permanent = isinstance(exc, engine.FlowError)
+        try:
+            async with self.db.transaction() as s:
+                ev = await s.get(InboxEvent, event_id, with_for_update=True)
+                if ev is None or ev.status != "pending":
+                    return
+                ev.attempts += 1
+                ev.error = f"{type(exc).__name__}: {exc}"[:2000]
+                if not permanent and ev.attempts < MAX_ATTEMPTS:
+                    log.warning(
+                        "inbox event %s (%s) failed, attempt %s of %s, will retry: %s",
+                        event_id,
+                        channel,
+                        ev.attempts,
+                        MAX_ATTEMPTS,
+                        ev.error,
+                        exc_info=exc,
+                    )
+                    return
+                log.error(
+                    "inbox event %s (%s) failed for good, kept in the inbox as failed: %s",
+                    event_id,
+                    channel,
+                    ev.error,
+                    exc_info=exc,
+                )
+                ev.status = "failed"
+                ev.processed_at = now
+                conv = await self._lock_conversation(s, channel, user_key, now)
+                conv.step = None
+                conv.vars = {"_turn": conv.vars.get("_turn", 0)}
+                conv.updated_at = now
+                self._queue(
+                    s, conv, message_body(APOLOGY.get(conv.lang, APOLOGY["vi"]), [], None), now
+                )
+        except Exception:
+            log.exception(
+                "could not record the failure of inbox event %s; it stays pending", event_id
+            )
+            return
+        self.on_outbox()

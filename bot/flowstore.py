@@ -1,0 +1,204 @@
+"""Flow versions in the database: seeding from flows/data, publishing, rolling back.
+
+Versions are immutable; `flow.current_version_id` says which one new conversations start
+on. A conversation keeps the version it started with (its `flow_version_id`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.config import Settings
+from flows.engine import Library
+from flows.model import FlowDef
+from flows.validate import parse_flow, validate_flow
+from storage.models import Flow, FlowVersion
+
+FLOW_DIR = Path(__file__).resolve().parent.parent / "flows" / "data"
+SEED_AUTHOR = "seed:flows/data"
+
+
+def read_flow_files(folder: Path = FLOW_DIR) -> dict[str, dict[str, Any]]:
+    """The flow definitions shipped as files, by flow id."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "id" not in data:
+            raise ValueError(f"{path}: not a flow definition (no id)")
+        out[str(data["id"])] = data
+    return out
+
+
+def configured_lists(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """The lists flows can iterate or offer as choices: the rating scale and criteria."""
+    return {
+        "scale": [
+            {"value": lv.value, "label": {"vi": lv.vi, "en": lv.en}, "counts_as": lv.counts_as}
+            for lv in settings.rating.scale
+        ],
+        "criteria": [
+            {"key": c.key, "label": {"vi": c.vi, "en": c.en}} for c in settings.rating.criteria
+        ],
+    }
+
+
+def configured_limits(settings: Settings) -> dict[str, int]:
+    return {
+        "max_text_chars": settings.conversation.max_text_chars,
+        "comment_max_chars": settings.rating.comment_max_chars,
+    }
+
+
+def checksum(definition: Mapping[str, Any]) -> str:
+    return hashlib.sha256(
+        json.dumps(definition, sort_keys=True, ensure_ascii=False).encode()
+    ).hexdigest()
+
+
+def validate_set(
+    definitions: Mapping[str, Mapping[str, Any]], lists: Mapping[str, list[Any]]
+) -> dict[str, FlowDef]:
+    """Parse and validate flows together (they may point into each other)."""
+    parsed = {fid: parse_flow(d) for fid, d in definitions.items()}
+    for flow in parsed.values():
+        validate_flow(flow, parsed, lists)
+    return parsed
+
+
+async def publish(
+    session: AsyncSession,
+    definition: Mapping[str, Any],
+    author: str,
+    now: datetime,
+    lists: Mapping[str, list[Any]],
+    note: str = "",
+    alongside: Mapping[str, Mapping[str, Any]] | None = None,
+) -> FlowVersion:
+    """Validate and store a new version of a flow and make it current.
+
+    It is validated together with the current versions of the other flows (or with
+    `alongside`, when several flows are published together).
+    """
+    flow_id = str(definition.get("id"))
+    others = await current_definitions(session) if alongside is None else dict(alongside)
+    validate_set({**others, flow_id: definition}, lists)
+    last = await session.scalar(
+        select(func.max(FlowVersion.version)).where(FlowVersion.flow_id == flow_id)
+    )
+    version = FlowVersion(
+        flow_id=flow_id,
+        version=(last or 0) + 1,
+        definition=dict(definition),
+        checksum=checksum(definition),
+        author=author,
+        note=note,
+        created_at=now,
+    )
+    session.add(version)
+    await session.flush()
+    await _point(session, flow_id, version, author, now)
+    return version
+
+
+async def rollback(
+    session: AsyncSession, flow_id: str, version: int, author: str, now: datetime
+) -> None:
+    """Make an earlier stored version current again."""
+    row = await session.scalar(
+        select(FlowVersion).where(FlowVersion.flow_id == flow_id, FlowVersion.version == version)
+    )
+    if row is None:
+        raise LookupError(f"flow {flow_id!r} has no version {version}")
+    await _point(session, flow_id, row, author, now)
+
+
+async def _point(
+    session: AsyncSession, flow_id: str, version: FlowVersion, author: str, now: datetime
+) -> None:
+    flow = await session.get(Flow, flow_id)
+    if flow is None:
+        session.add(
+            Flow(id=flow_id, current_version_id=version.id, published_by=author, published_at=now)
+        )
+    else:
+        flow.current_version_id = version.id  # type: ignore[assignment]
+        flow.published_by = author
+        flow.published_at = now
+    await session.flush()
+
+
+async def current_definitions(session: AsyncSession) -> dict[str, dict[str, Any]]:
+    rows = await session.exec(
+        select(FlowVersion).join(Flow, Flow.current_version_id == FlowVersion.id)
+    )
+    return {v.flow_id: v.definition for v in rows}
+
+
+async def seed_flows(
+    session: AsyncSession, settings: Settings, now: datetime, folder: Path = FLOW_DIR
+) -> list[str]:
+    """Publish each shipped flow file that is new or changed since it was last seeded.
+
+    A flow an admin has edited since (its current version is not the seeded one) is left
+    alone: the admin's version wins, and the caller is told so through the return value.
+    """
+    files = read_flow_files(folder)
+    lists = configured_lists(settings)
+    validate_set(files, lists)
+    alongside = {**await current_definitions(session), **files}
+    published = []
+    for flow_id, definition in files.items():
+        seeded = await session.scalar(
+            select(FlowVersion)
+            .where(FlowVersion.flow_id == flow_id, FlowVersion.author == SEED_AUTHOR)
+            .order_by(FlowVersion.version.desc())  # type: ignore[attr-defined]
+            .limit(1)
+        )
+        if seeded is not None and seeded.checksum == checksum(definition):
+            continue
+        flow = await session.get(Flow, flow_id)
+        if flow is not None and seeded is not None and flow.current_version_id != seeded.id:
+            published.append(f"{flow_id} (kept the admin's version; the shipped file changed)")
+            continue
+        await publish(
+            session, definition, SEED_AUTHOR, now, lists, note="shipped flow", alongside=alongside
+        )
+        published.append(flow_id)
+    return published
+
+
+class FlowCache:
+    """Parsed flow versions by id (immutable, so cached forever) and current pointers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._defs: dict[int, FlowDef] = {}
+        self.lists = configured_lists(settings)
+        self.limits = configured_limits(settings)
+        self.idle_reset = timedelta(minutes=settings.conversation.idle_reset_minutes)
+
+    async def library(self, session: AsyncSession, pinned: int | None) -> Library:
+        """Everything the engine may read for one event, loaded inside its transaction."""
+        pointers = {f.id: f.current_version_id for f in await session.exec(select(Flow))}
+        wanted = set(pointers.values()) | ({pinned} if pinned else set())
+        missing = wanted - self._defs.keys()
+        if missing:
+            rows = await session.exec(select(FlowVersion).where(FlowVersion.id.in_(missing)))  # type: ignore[union-attr]
+            for row in rows:
+                self._defs[row.id] = FlowDef.parse(row.definition)  # type: ignore[index]
+        return Library(
+            current=pointers,
+            versions={v: self._defs[v] for v in wanted if v in self._defs},
+            lists=self.lists,
+            limits=self.limits,
+            idle_reset=self.idle_reset,
+        )

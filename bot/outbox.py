@@ -1,0 +1,234 @@
+"""Egress: deliver outbox messages through their channel, in order per recipient.
+
+A round claims the first unsent message of each recipient (and the due messages right
+behind it), marks them `sending` with a lease, sends them in order, and records each
+result. A failure puts the message back with a growing delay (or the platform's
+retry_after) and holds the recipient's later messages behind it; after
+`outbox.max_attempts` it is parked as `failed` with its last error, logged, never
+silently dropped. A process that dies mid-send leaves a lease that expires: the message
+is sent again (at-least-once at the platform's door; once everywhere else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, or_, update
+from sqlalchemy.orm import aliased
+from sqlmodel import select
+
+from bot.channels.base import Channel, TemporaryFailure, Undeliverable
+from bot.clock import Clock
+from bot.config import OutboxSettings
+from bot.logs import mask
+from storage.db import Database
+from storage.models import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=120)
+BATCH = 200
+
+
+def _claimable(o: type[OutboxMessage], now: datetime):  # type: ignore[no-untyped-def]
+    return or_(
+        and_(o.status == "pending", o.next_attempt_at <= now),
+        and_(o.status == "sending", o.claimed_until < now),  # type: ignore[operator]
+    )
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        channels: Mapping[str, Channel],
+        settings: OutboxSettings,
+        idle_poll: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.channels = channels
+        self.settings = settings
+        self.idle_poll = idle_poll
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def claim(self) -> list[OutboxMessage]:
+        """Take due messages: each recipient's first unsent one and those right behind it."""
+        now = self.clock.now()
+        o = OutboxMessage
+        earlier = aliased(OutboxMessage)
+        unsent_before = exists().where(
+            earlier.channel == o.channel,
+            earlier.recipient == o.recipient,
+            earlier.id < o.id,  # type: ignore[operator]
+            earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
+        )
+        async with self.db.transaction() as s:
+            heads = list(
+                await s.exec(
+                    select(o)
+                    .where(_claimable(o, now), ~unsent_before, o.channel.in_(self.channels))  # type: ignore[attr-defined]
+                    .order_by(o.id)  # type: ignore[arg-type]
+                    .limit(BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not heads:
+                return []
+            claimed = list(heads)
+            for head in heads:
+                # The recipient is ours now: take the due messages queued behind its head.
+                followers = await s.exec(
+                    select(o)
+                    .where(
+                        o.channel == head.channel,
+                        o.recipient == head.recipient,
+                        o.id > head.id,  # type: ignore[operator]
+                        _claimable(o, now),
+                    )
+                    .order_by(o.id)  # type: ignore[arg-type]
+                    .limit(50)
+                    .with_for_update()
+                )
+                claimed.extend(followers)
+            ids = [m.id for m in claimed]
+            await s.exec(
+                update(o)
+                .where(o.id.in_(ids))  # type: ignore[union-attr]
+                .values(status="sending", claimed_until=now + LEASE, attempts=o.attempts + 1)
+            )
+            for m in claimed:
+                m.attempts += 1
+        return claimed
+
+    async def deliver(self, messages: list[OutboxMessage]) -> None:
+        """Send claimed messages, each recipient's in order, recipients side by side."""
+        queues: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
+        for m in sorted(messages, key=lambda m: m.id or 0):
+            queues[(m.channel, m.recipient)].append(m)
+        await asyncio.gather(*(self._deliver_queue(q) for q in queues.values()))
+
+    async def _deliver_queue(self, queue: list[OutboxMessage]) -> None:
+        for i, message in enumerate(queue):
+            channel = self.channels[message.channel]
+            try:
+                platform_id = await channel.send(message)
+            except Undeliverable as exc:
+                await self._park(message, f"undeliverable: {exc}")
+                continue
+            except Exception as exc:
+                retry_after = exc.retry_after if isinstance(exc, TemporaryFailure) else None
+                await self._retry_later(message, exc, retry_after, behind=queue[i + 1 :])
+                return
+            await self._mark_sent(message, platform_id)
+
+    async def _mark_sent(self, message: OutboxMessage, platform_id: str | None) -> None:
+        async with self.db.transaction() as s:
+            await s.exec(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == message.id, OutboxMessage.status == "sending")  # type: ignore[arg-type]
+                .values(
+                    status="sent",
+                    sent_at=self.clock.now(),
+                    platform_message_id=platform_id,
+                    last_error=None,
+                )
+            )
+
+    async def _park(self, message: OutboxMessage, error: str) -> None:
+        log.error(
+            "outbox message %s to %s on %s parked as failed after %s attempt(s): %s",
+            message.id,
+            mask(message.recipient),
+            message.channel,
+            message.attempts,
+            error,
+        )
+        async with self.db.transaction() as s:
+            await s.exec(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == message.id)  # type: ignore[arg-type]
+                .values(status="failed", last_error=error[:2000], claimed_until=None)
+            )
+
+    async def _retry_later(
+        self,
+        message: OutboxMessage,
+        exc: Exception,
+        retry_after: float | None,
+        behind: list[OutboxMessage],
+    ) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        if message.attempts >= self.settings.max_attempts:
+            await self._park(message, error)
+            delay = 0.0
+        else:
+            base = self.settings.backoff_base_seconds * 2 ** (message.attempts - 1)
+            delay = min(self.settings.backoff_max_seconds, max(base, retry_after or 0.0))
+            log.warning(
+                "outbox message %s on %s failed (attempt %s), retrying in %.1fs: %s",
+                message.id,
+                message.channel,
+                message.attempts,
+                delay,
+                error,
+            )
+        next_at = self.clock.now() + timedelta(seconds=delay)
+        async with self.db.transaction() as s:
+            if message.attempts < self.settings.max_attempts:
+                await s.exec(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == message.id)  # type: ignore[arg-type]
+                    .values(
+                        status="pending",
+                        next_attempt_at=next_at,
+                        last_error=error[:2000],
+                        claimed_until=None,
+                    )
+                )
+            if behind:
+                # Later messages wait behind the failed one; their claim is given back.
+                await s.exec(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_([m.id for m in behind]))  # type: ignore[union-attr]
+                    .values(
+                        status="pending", claimed_until=None, attempts=OutboxMessage.attempts - 1
+                    )
+                )
+
+    async def run_once(self) -> int:
+        """One round: claim and deliver; returns how many messages were claimed."""
+        claimed = await self.claim()
+        if claimed:
+            await self.deliver(claimed)
+        return len(claimed)
+
+    async def _run_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                if await self.run_once():
+                    continue
+            except Exception:
+                log.exception("outbox round failed; trying again shortly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run_forever(), name="outbox-sender")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

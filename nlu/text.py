@@ -1,0 +1,59 @@
+"""Reading what citizens type: Unicode normalisation, diacritic folding, dossier codes.
+
+Citizens write "danh gia", "đánh giá" or "ĐÁNH GIÁ" for the same thing, and paste codes
+as "h15.50.05.13 - 261008 - 0975". Everything here is pure and fast.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import date
+
+_SPACES = re.compile(r"\s+")
+_NOT_WORD = re.compile(r"[^\w\s]+")
+
+
+def nfc(text: str) -> str:
+    """Compose Unicode (NFC): the same Vietnamese letter has one encoding."""
+    return unicodedata.normalize("NFC", text)
+
+
+def fold(text: str) -> str:
+    """Lower-case, strip diacritics (đ → d), drop punctuation, collapse spaces."""
+    decomposed = unicodedata.normalize("NFD", text.lower().replace("đ", "d"))
+    bare = "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
+    return _SPACES.sub(" ", _NOT_WORD.sub(" ", bare)).strip()
+
+
+def has_letters_or_digits(text: str) -> bool:
+    """False for empty, whitespace-only, emoji-only or punctuation-only text."""
+    return any(ch.isalnum() for ch in text)
+
+
+# <agency code>-YYMMDD-NNNN; the agency code is dot-separated groups (H15.50.05.13,
+# 000.00.00.H41); the tail has 4 digits (provincial systems) to 7 (ministries).
+_CODE = re.compile(
+    r"(?<![A-Z0-9.])"
+    r"(?P<agency>[A-Z0-9]{1,8}(?:\s*\.\s*[A-Z0-9]{1,8}){0,6})"
+    r"\s*[-–—_]\s*(?P<date>\d{6})\s*[-–—_]\s*(?P<seq>\d{4,7})"
+    r"(?![0-9])"
+)
+DOSSIER_CODE_EXAMPLE = "H15.50.05.13-261008-0975"
+
+
+def _valid_yymmdd(s: str) -> bool:
+    try:
+        date(2000 + int(s[:2]), int(s[2:4]), int(s[4:6]))
+    except ValueError:
+        return False
+    return True
+
+
+def find_dossier_code(text: str) -> str | None:
+    """The first well-formed dossier code in `text`, normalised (upper case, no spaces)."""
+    for m in _CODE.finditer(nfc(text).upper()):
+        if _valid_yymmdd(m["date"]):
+            agency = re.sub(r"\s+", "", m["agency"])
+            return f"{agency}-{m['date']}-{m['seq']}"
+    return None

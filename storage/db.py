@@ -1,0 +1,95 @@
+"""Database engines and transactions.
+
+SQLite (aiosqlite) is the default: WAL journal, a busy timeout, and write transactions
+that take the write lock when they begin (``BEGIN IMMEDIATE``) so two writers queue
+instead of failing half-way. PostgreSQL (asyncpg) is used for several processes.
+Neither blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def async_url(url: str, base_dir: Path | None = None) -> str:
+    """Turn a configured URL into one for the async driver; resolve relative SQLite paths."""
+    u = make_url(url.replace("postgres://", "postgresql://", 1))
+    if u.get_backend_name() == "sqlite":
+        u = u.set(drivername="sqlite+aiosqlite")
+        db = u.database or ""
+        if db and db != ":memory:" and not db.startswith("file:"):
+            path = Path(db)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            u = u.set(database=str(path))
+    elif u.get_backend_name() == "postgresql":
+        u = u.set(drivername="postgresql+asyncpg")
+    return u.render_as_string(hide_password=False)
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (see below).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """One engine and a session factory; `transaction()` is the unit of work."""
+
+    def __init__(
+        self, url: str, base_dir: Path | None = None, pool_size: int = 10, **engine_kw: Any
+    ) -> None:
+        self.url = async_url(url, base_dir)
+        self.is_sqlite = self.url.startswith("sqlite")
+        kw: dict[str, Any] = dict(engine_kw)
+        if not self.is_sqlite:
+            kw.setdefault("pool_size", pool_size)
+            kw.setdefault("max_overflow", pool_size)
+            kw.setdefault("pool_pre_ping", True)
+        self.engine = create_async_engine(self.url, **kw)
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+        self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session whose work commits together on success and rolls back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def run_migrations(url: str, base_dir: Path | None = None, revision: str = "head") -> None:
+    """Bring the schema up to `revision` with Alembic (blocking; call before serving)."""
+    from alembic import command
+    from alembic.config import Config
+
+    here = Path(__file__).resolve().parent
+    cfg = Config()
+    cfg.set_main_option("script_location", str(here / "migrations"))
+    cfg.attributes["database_url"] = async_url(url, base_dir)
+    command.upgrade(cfg, revision)
