@@ -190,7 +190,7 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], 
                 f"{var}: [{section}] has no key {key!r}; allowed: " + ", ".join(model.model_fields)
             )
         value: Any = raw
-        if raw[:1] in "[{":
+        if raw.startswith(("[", "{")):
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlmodel import select
@@ -125,7 +125,7 @@ async def apply_event(
 
 def dossier_json(d: Dossier, public_url: str) -> dict[str, Any]:
     def iso(v: datetime | None) -> str | None:
-        return v.isoformat() if v else None
+        return v.astimezone(UTC).isoformat() if v else None
 
     return {
         "code": d.code,
