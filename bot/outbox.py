@@ -106,9 +106,7 @@ class OutboxSender:
                 update(o)
                 .where(o.id.in_(ids))  # type: ignore[union-attr]
                 .values(status="sending", claimed_until=now + LEASE, attempts=o.attempts + 1)
-            )
-            for m in claimed:
-                m.attempts += 1
+            )  # also updates the loaded rows' attributes (synchronize_session)
         return claimed
 
     async def deliver(self, messages: list[OutboxMessage]) -> None:

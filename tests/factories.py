@@ -6,14 +6,8 @@ from datetime import datetime, timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Agency, Dossier, FieldOfWork, Official, Procedure
+from storage.models import Agency, Dossier, Official, Procedure
 
-FIELDS = [
-    ("land", "Đất đai", "Land"),
-    ("construction", "Xây dựng", "Construction"),
-    ("judicial_records", "Lý lịch tư pháp", "Judicial records"),
-    ("other", "Lĩnh vực khác", "Other"),
-]
 COMPLETED = "H42.15.01-261110-0001"
 COMPLETED_2 = "H42.15.01-261111-0002"
 IN_PROGRESS = "H42.15.01-261118-0003"
@@ -22,8 +16,6 @@ POLICE_DONE = "000.00.10.H42-261105-0004"
 
 async def small_province(s: AsyncSession, now: datetime) -> dict[str, int]:
     """A province, a ward, the police; two procedures; dossiers: 3 completed, 1 in progress."""
-    for i, (key, vi, en) in enumerate(FIELDS, 1):
-        s.add(FieldOfWork(key=key, name_vi=vi, name_en=en, position=i))
     province = Agency(
         code="000.00.00.H42",
         name="UBND tỉnh Phú Thọ",

@@ -318,6 +318,28 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_report_status"), ["status"], unique=False)
 
     # ### end Alembic commands ###
+    # The four fields complaints and procedures start with; admins can add more.
+    field = sa.table(
+        "field",
+        sa.column("key", sa.String),
+        sa.column("name_vi", sa.String),
+        sa.column("name_en", sa.String),
+        sa.column("position", sa.Integer),
+    )
+    op.bulk_insert(
+        field,
+        [
+            {"key": "land", "name_vi": "Đất đai", "name_en": "Land", "position": 1},
+            {"key": "construction", "name_vi": "Xây dựng", "name_en": "Construction", "position": 2},
+            {
+                "key": "judicial_records",
+                "name_vi": "Lý lịch tư pháp",
+                "name_en": "Judicial records",
+                "position": 3,
+            },
+            {"key": "other", "name_vi": "Lĩnh vực khác", "name_en": "Other", "position": 4},
+        ],
+    )
 
 
 def downgrade() -> None:

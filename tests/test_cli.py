@@ -1,0 +1,138 @@
+"""The command line, run as a newcomer would: real processes, real ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bot(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bot.py", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help_lists_every_command_with_a_description() -> None:
+    r = bot("--help")
+    assert r.returncode == 0
+    for command in ("run", "db", "demo", "satisfaction", "flows", "config"):
+        assert re.search(rf"^\s+{command}\s+\S", r.stdout, re.M), (command, r.stdout)
+    flows = bot("flows", "--help")
+    for action in ("validate", "list", "publish", "rollback"):
+        assert re.search(rf"^\s+{action}\s+\S", flows.stdout, re.M), (action, flows.stdout)
+
+
+def test_demo_then_satisfaction_summary(tmp_path: Path) -> None:
+    env = {"HAILONG_STORAGE_URL": f"sqlite:///{tmp_path / 'demo.db'}"}
+    r = bot("demo", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "demo data loaded" in r.stdout
+    codes = re.findall(r"^\s+(\S+-\d{6}-\d{4})\s+http", r.stdout, re.M)
+    assert len(codes) == 5
+    again = bot("demo", env=env)
+    assert "already has data" in again.stdout
+
+    r = bot("satisfaction", "--json", "--by", "agency", "--by", "field", env=env)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    total = data["agency"]["total"]
+    assert total["ratings"] > 50
+    assert total["answers"] == total["ratings"] * 5
+    assert sum(ln["answers"] for ln in data["agency"]["lines"]) == total["answers"]
+    assert sum(ln["satisfied"] for ln in data["field"]["lines"]) == total["satisfied"]
+    assert total["rate"] == round(100 * total["satisfied"] / total["answers"], 1)
+    table = bot("satisfaction", env=env).stdout
+    assert "Theo cơ quan" in table and "Tổng cộng" in table
+
+
+def test_flows_validate_names_the_broken_step(tmp_path: Path) -> None:
+    ok = bot("flows", "validate")
+    assert ok.returncode == 0 and "main, rating" in ok.stdout
+    broken = (
+        (ROOT / "flows/data/rating.yaml")
+        .read_text(encoding="utf-8")
+        .replace("      ready: intro", "      ready: introduction")
+    )
+    path = tmp_path / "rating.yaml"
+    path.write_text(broken, encoding="utf-8")
+    r = bot("flows", "validate", str(path))
+    assert r.returncode == 1
+    assert "step lookup outcome 'ready': goes to unknown step 'introduction'" in r.stderr
+
+
+@pytest.mark.slow
+async def test_run_starts_with_demo_data_and_a_citizen_can_rate(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HAILONG_STORAGE_URL": f"sqlite:///{tmp_path / 'run.db'}",
+        "HAILONG_SERVER_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "bot.py",
+        "run",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()  # type: ignore[union-attr]
+            assert line, "bot exited early:\n" + "".join(out)
+            out.append(line)
+            if "hailong is running" in line:
+                break
+        printed = "".join(out)
+        code = re.findall(r"^\s+(\S+-\d{6}-\d{4})\s+http", printed, re.M)[0]
+        base = f"http://127.0.0.1:{port}"
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(base, cookie_jar=jar) as http:
+            assert (await (await http.get("/healthz")).json())["status"] == "ok"
+            assert (await http.get("/chat")).status == 200
+            r = await http.post("/chat/api/events", json={"id": uuid.uuid4().hex, "start": code})
+            assert r.status == 202
+            seen: list[dict] = []
+            for _ in range(20):
+                data = await (await http.get("/chat/api/messages?after=0&wait=2")).json()
+                seen = data["messages"]
+                if any(m["text"].startswith("(1/5)") for m in seen):
+                    break
+            assert any(code in m["text"] for m in seen)
+            assert seen[-1]["text"].startswith("(1/5)")
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0

@@ -1,0 +1,287 @@
+"""Ingress → inbox → conversation → outbox → channel: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlmodel import select
+
+from bot import actions
+from bot.app import SERVICE, Service
+from bot.channels.base import TemporaryFailure, Undeliverable
+from bot.clock import ManualClock
+from storage.models import InboxEvent, OutboxMessage, Rating
+from tests.chat import ChatClient, texts
+from tests.factories import COMPLETED, small_province
+
+
+@pytest.fixture
+async def province(service: Service, clock: ManualClock) -> dict[str, int]:
+    async with service.db.transaction() as s:
+        return await small_province(s, clock.now())
+
+
+@pytest.fixture
+async def manual_sender(http: TestClient, service: Service) -> Service:
+    """The background sender stopped: the test runs sending rounds itself."""
+    await service.sender.stop()
+    return service
+
+
+class FlakyChannel:
+    """Wraps the web chat: fails the first `failures` sends, recording every attempt."""
+
+    def __init__(self, inner: Any, failures: int, error: Exception) -> None:
+        self.name = inner.name
+        self.inner = inner
+        self.failures = failures
+        self.error = error
+        self.attempts: list[int] = []
+        self.delivered: list[int] = []
+
+    async def send(self, message: OutboxMessage) -> str | None:
+        self.attempts.append(message.id)  # type: ignore[arg-type]
+        if len(self.attempts) <= self.failures:
+            raise self.error
+        self.delivered.append(message.id)  # type: ignore[arg-type]
+        return await self.inner.send(message)
+
+
+async def drive_clock(
+    http: TestClient, clock: ManualClock, step_seconds: float, rounds: int
+) -> None:
+    """Move the clock forward and let the sender retry, until the outbox is empty."""
+    service = http.server.app[SERVICE]
+    for _ in range(rounds):
+        await service.dispatcher.idle()
+        await service.sender.run_once()
+        async with service.db.sessions() as s:
+            left = (
+                await s.exec(
+                    select(OutboxMessage).where(OutboxMessage.status.in_(("pending", "sending")))
+                )
+            ).all()  # type: ignore[attr-defined]
+        if not left:
+            return
+        clock.advance(seconds=step_seconds)
+    raise AssertionError("outbox not drained")
+
+
+async def test_failed_sends_are_retried_with_backoff_and_arrive_once_in_order(
+    http: TestClient,
+    service: Service,
+    province: dict[str, int],
+    clock: ManualClock,
+    manual_sender: Service,
+) -> None:
+    flaky = FlakyChannel(
+        service.channels["webchat"], failures=3, error=TemporaryFailure("HTTP 500")
+    )
+    service.channels["webchat"] = flaky
+    chat = ChatClient(http)
+    await chat.open()
+    await chat.post({"start": COMPLETED})
+    await drive_clock(http, clock, step_seconds=10, rounds=20)
+    async with service.db.sessions() as s:
+        rows = (await s.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all()  # type: ignore[arg-type]
+    assert [m.status for m in rows] == ["sent", "sent"]
+    assert rows[0].attempts == 4 and rows[1].attempts == 1
+    # The second message waited behind the first: delivered strictly in order, once each.
+    assert flaky.delivered == [rows[0].id, rows[1].id]
+    messages = await chat.replies()
+    assert [m["id"] for m in messages] == [rows[0].id, rows[1].id]
+    assert messages[1]["text"].startswith("(1/5)")
+
+
+async def test_retry_after_from_the_platform_is_honoured(
+    http: TestClient,
+    service: Service,
+    province: dict[str, int],
+    clock: ManualClock,
+    manual_sender: Service,
+) -> None:
+    flaky = FlakyChannel(
+        service.channels["webchat"], failures=1, error=TemporaryFailure("429", retry_after=30)
+    )
+    service.channels["webchat"] = flaky
+    chat = ChatClient(http)
+    await chat.open()
+    await chat.post({"text": "xin chào"})
+    await service.dispatcher.idle()
+    await service.sender.run_once()
+    async with service.db.sessions() as s:
+        m = (await s.exec(select(OutboxMessage))).one()
+    assert m.status == "pending"
+    assert (m.next_attempt_at - clock.now()).total_seconds() == pytest.approx(30)
+    clock.advance(seconds=29)
+    await service.sender.run_once()
+    assert len(flaky.attempts) == 1
+    clock.advance(seconds=2)
+    await service.sender.run_once()
+    assert flaky.delivered == [m.id]
+
+
+async def test_a_message_that_keeps_failing_is_parked_with_its_error_not_dropped(
+    http: TestClient,
+    service: Service,
+    province: dict[str, int],
+    clock: ManualClock,
+    manual_sender: Service,
+) -> None:
+    service.channels["webchat"] = FlakyChannel(
+        service.channels["webchat"], 10**6, TemporaryFailure("HTTP 502")
+    )
+    chat = ChatClient(http)
+    await chat.open()
+    await chat.post({"text": "xin chào"})
+    await drive_clock(http, clock, step_seconds=400, rounds=30)
+    async with service.db.sessions() as s:
+        m = (await s.exec(select(OutboxMessage))).one()
+    assert m.status == "failed"
+    assert m.attempts == service.settings.outbox.max_attempts
+    assert m.last_error == "TemporaryFailure: HTTP 502"
+    health = await (await http.get("/healthz")).json()
+    assert health["outbox_failed"] == 1
+
+
+async def test_an_undeliverable_message_is_parked_at_once_and_the_next_one_still_goes(
+    http: TestClient,
+    service: Service,
+    province: dict[str, int],
+    clock: ManualClock,
+    manual_sender: Service,
+) -> None:
+    flaky = FlakyChannel(service.channels["webchat"], 1, Undeliverable("user blocked the bot"))
+    service.channels["webchat"] = flaky
+    chat = ChatClient(http)
+    await chat.open()
+    await chat.post({"start": COMPLETED})
+    await drive_clock(http, clock, step_seconds=1, rounds=5)
+    async with service.db.sessions() as s:
+        rows = (await s.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all()  # type: ignore[arg-type]
+    assert [(m.status, m.attempts) for m in rows] == [("failed", 1), ("sent", 1)]
+    assert rows[0].last_error == "undeliverable: user blocked the bot"
+
+
+async def test_a_crash_while_handling_a_message_loses_nothing(
+    http: TestClient,
+    service: Service,
+    province: dict[str, int],
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = actions.HANDLERS["find_dossier"]
+    calls = 0
+
+    async def crashing_once(ctx, args):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionResetError("database connection lost")
+        return await real(ctx, args)
+
+    monkeypatch.setitem(actions.HANDLERS, "find_dossier", crashing_once)
+    chat = ChatClient(http)
+    await chat.open()
+    await chat.post({"text": COMPLETED})
+    await service.dispatcher.idle()
+    async with service.db.sessions() as s:
+        ev = (await s.exec(select(InboxEvent))).one()
+        assert (ev.status, ev.attempts) == ("pending", 1)
+        assert "database connection lost" in (ev.error or "")
+        assert not (await s.exec(select(OutboxMessage))).all()  # the failed attempt sent nothing
+    clock.advance(seconds=10)
+    assert await service.dispatcher.sweep() == 1
+    replies = await chat.replies()
+    assert replies[-1]["text"].startswith("(1/5)")
+    async with service.db.sessions() as s:
+        ev = (await s.exec(select(InboxEvent))).one()
+    assert ev.status == "done"
+
+
+async def test_a_message_that_always_fails_is_kept_and_the_citizen_gets_an_apology(
+    http: TestClient,
+    service: Service,
+    province: dict[str, int],
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(ctx, args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("bug in find_dossier")
+
+    monkeypatch.setitem(actions.HANDLERS, "find_dossier", broken)
+    chat = ChatClient(http)
+    await chat.open()
+    await chat.post({"text": COMPLETED})
+    for _ in range(3):
+        await service.dispatcher.idle()
+        clock.advance(seconds=10)
+        await service.dispatcher.sweep()
+    replies = await chat.replies()
+    assert "hệ thống gặp sự cố" in texts(replies)
+    async with service.db.sessions() as s:
+        ev = (await s.exec(select(InboxEvent))).one()
+    assert (ev.status, ev.attempts, ev.text) == ("failed", 3, COMPLETED)
+    assert "bug in find_dossier" in (ev.error or "")
+    # The conversation is usable again.
+    monkeypatch.undo()
+    again = await chat.say(COMPLETED)
+    assert again[-1]["text"].startswith("(1/5)")
+
+
+async def test_events_stored_by_a_process_that_died_are_handled_after_restart(
+    http: TestClient, service: Service, province: dict[str, int], clock: ManualClock
+) -> None:
+    chat = ChatClient(http)
+    await chat.open()
+    user = http.session.cookie_jar.filter_cookies(http.make_url("/chat"))["hl_chat"].value
+    async with service.db.transaction() as s:
+        s.add(
+            InboxEvent(
+                channel="webchat",
+                platform_id="before-crash-1",
+                user_key=user,
+                kind="text",
+                text=COMPLETED,
+                received_at=clock.now(),
+                status="pending",
+            )
+        )
+    clock.advance(seconds=5)
+    service.dispatcher.start()  # what startup does: the sweeper runs at once
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        async with service.db.sessions() as s:
+            if (await s.exec(select(InboxEvent))).one().status == "done":
+                break
+    replies = await chat.replies()
+    assert replies[-1]["text"].startswith("(1/5)")
+
+
+async def test_many_citizens_at_once_each_conversation_in_order(
+    http: TestClient, service: Service, province: dict[str, int]
+) -> None:
+    citizens = [ChatClient(http) for _ in range(15)]
+    # Separate cookie jars: each citizen is a different browser.
+    for c in citizens:
+        c.http = TestClient(http.server)
+        await c.http.start_server()
+        await c.open()
+
+    async def burst(c: ChatClient) -> None:
+        for text in ("xin chào", "Menu", "hướng dẫn", "đánh giá"):
+            await c.post({"text": text})
+
+    await asyncio.gather(*(burst(c) for c in citizens))
+    for c in citizens:
+        replies = await c.replies()
+        said = texts(replies)
+        assert said.index("Xin chào") < said.index("Hướng dẫn") < said.index("nhập mã hồ sơ")
+        assert replies[-1]["text"].startswith("Anh/chị vui lòng nhập mã hồ sơ")
+    for c in citizens:
+        await c.http.close()
+    async with service.db.sessions() as s:
+        assert not (await s.exec(select(Rating))).all()
