@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config.toml"
 ENV_PREFIX = "HAILONG_"
+# Environment variables with the prefix that are not settings: the config file's path and
+# the test suite's own (HAILONG_TEST_PG, HAILONG_TEST_REQUIRE_PG).
+NOT_SETTINGS = ("HAILONG_CONFIG", "HAILONG_TEST_")
 
 
 class ConfigError(Exception):
@@ -172,7 +175,7 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], 
     overrides: dict[str, dict[str, Any]] = {}
     origin: dict[str, str] = {}
     for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX) or var == "HAILONG_CONFIG":
+        if not var.startswith(ENV_PREFIX) or var.startswith(NOT_SETTINGS):
             continue
         rest = var[len(ENV_PREFIX) :].lower()
         section = next(

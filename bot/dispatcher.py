@@ -7,6 +7,7 @@ nobody was told about (written by a process that died, or a failure to retry).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 
@@ -90,6 +91,10 @@ class Dispatcher:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="inbox-sweeper")
 
     async def stop(self) -> None:
+        """Stop sweeping and let the conversations under way finish."""
         if self._sweeper:
             self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         await self.idle()

@@ -125,6 +125,9 @@ async def service(settings: Settings, clock: ManualClock) -> AsyncIterator[Servi
     """The real service (dispatcher and outbox sender running) behind a real HTTP server."""
     svc = build_service(settings, clock)
     yield svc
+    await svc.sender.stop()
+    await svc.dispatcher.stop()
+    await svc.db.dispose()
 
 
 @pytest.fixture

@@ -86,6 +86,11 @@ def test_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
         load_settings(path, {})
 
 
+def test_the_test_suites_own_variables_are_not_settings() -> None:
+    s = load_settings(CONFIG, {"HAILONG_TEST_REQUIRE_PG": "1", "HAILONG_CONFIG": str(CONFIG)})
+    assert s.server.port == 8080
+
+
 def test_the_program_stops_with_the_message_and_exit_code_2() -> None:
     r = subprocess.run(
         [sys.executable, "bot.py", "config"],
