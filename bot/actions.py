@@ -19,7 +19,7 @@ from bot.clock import VIETNAM, local_date
 from bot.config import Settings
 from flows.actions import ACTIONS
 from flows.engine import ActionDone, FlowError
-from nlu.text import find_dossier_code
+from nlu.text import find_dossier_code, is_greeting
 from storage.models import Agency, Dossier, Procedure, Rating, RatingAnswer, Report
 from storage.ops import next_in_sequence
 
@@ -183,7 +183,10 @@ async def create_feedback(ctx: ActionContext, args: Mapping[str, str]) -> Action
 @action("read_menu_text")
 async def read_menu_text(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone:
     """Free text at the menu: a dossier code goes straight to its rating."""
-    code = find_dossier_code(args.get("text", ""))
+    text = args.get("text", "")
+    code = find_dossier_code(text)
     if code:
         return ActionDone("dossier_code", {"dossier_code": code})
+    if is_greeting(text):
+        return ActionDone("greeting")
     return ActionDone("unknown")

@@ -34,9 +34,9 @@ ACTIONS: dict[str, ActionSpec] = {
         outcomes=("created", "need_text"),
     ),
     "read_menu_text": ActionSpec(
-        "Understand free text typed at the main menu (a dossier code, …).",
+        "Understand free text typed at the main menu (a dossier code, a greeting, …).",
         args=("text",),
-        outcomes=("dossier_code", "unknown"),
+        outcomes=("dossier_code", "greeting", "unknown"),
     ),
 }
 

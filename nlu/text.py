@@ -31,6 +31,24 @@ def has_letters_or_digits(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
+# Words of a bare greeting, folded (no diacritics): "chào ad ạ", "alo em ơi", "hi bot".
+_GREETING_WORDS = frozenset(
+    "alo chao xin hello hi helo hey good morning ad admin oi a ah e em anh chi ban bot shop "
+    "co chu bac minh toi nhe nha buoi sang chieu".split()
+)
+_GREETING_OPENERS = frozenset({"alo", "chao", "hello", "hi", "helo", "hey", "good"})
+
+
+def is_greeting(text: str) -> bool:
+    """Short hellos: "alo", "chào ad", "xin chào ạ", "hi bot"…"""
+    words = fold(text).split()
+    return (
+        0 < len(words) <= 5
+        and (words[0] in _GREETING_OPENERS or words[:2] == ["xin", "chao"])
+        and all(w in _GREETING_WORDS for w in words)
+    )
+
+
 # <agency code>-YYMMDD-NNNN; the agency code is dot-separated groups (H15.50.05.13,
 # 000.00.00.H41); the tail has 4 digits (provincial systems) to 7 (ministries).
 _CODE = re.compile(

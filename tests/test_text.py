@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nlu.text import find_dossier_code, fold, has_letters_or_digits
+from nlu.text import find_dossier_code, fold, has_letters_or_digits, is_greeting
 
 
 @pytest.mark.parametrize(
@@ -45,6 +45,16 @@ def test_folding_drops_diacritics_case_and_punctuation() -> None:
     assert fold("  Rất   hài lòng ") == "rat hai long"
     # Decomposed input (as some keyboards send it) folds the same as composed.
     assert fold("Hài lòng") == fold("Ha\u0300i lo\u0300ng")
+
+
+@pytest.mark.parametrize("text", ["alo", "Xin chào ạ", "chao ad", "Hi bot", "chào anh chị"])
+def test_greetings_are_recognised(text: str) -> None:
+    assert is_greeting(text)
+
+
+@pytest.mark.parametrize("text", ["chào, hồ sơ của tôi bị trễ hẹn", "anh ơi", "", "xin hỏi"])
+def test_a_message_with_content_is_not_just_a_greeting(text: str) -> None:
+    assert not is_greeting(text)
 
 
 def test_emoji_and_punctuation_only_text_has_no_content() -> None:

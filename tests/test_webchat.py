@@ -101,6 +101,14 @@ async def test_emoji_only_and_empty_text_get_a_clear_answer(
     assert "chưa nhập nội dung" in texts(await chat.say("   "))
 
 
+async def test_a_greeting_after_a_finished_rating_brings_the_menu_back(chat: ChatClient) -> None:
+    await chat.start()
+    await chat.tap("Tra cứu phản ánh")
+    replies = await chat.say("xin chao")
+    assert replies[0]["text"].startswith("Xin chào anh/chị!")
+    assert "chưa hiểu" not in texts(replies)
+
+
 async def test_the_page_is_english_on_request(http: TestClient) -> None:
     citizen = ChatClient(http)
     page = await citizen.open("?lang=en")
