@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, update
+from sqlalchemy import and_, bindparam, exists, or_, tuple_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -85,22 +85,17 @@ class OutboxSender:
             )
             if not heads:
                 return []
-            claimed = list(heads)
-            for head in heads:
-                # The recipient is ours now: take the due messages queued behind its head.
-                followers = await s.exec(
+            # Each head's recipient is ours now: take the due messages queued behind it.
+            recipients = {(h.channel, h.recipient) for h in heads}
+            claimed = list(
+                await s.exec(
                     select(o)
-                    .where(
-                        o.channel == head.channel,
-                        o.recipient == head.recipient,
-                        o.id > head.id,  # type: ignore[operator]
-                        _claimable(o, now),
-                    )
+                    .where(tuple_(o.channel, o.recipient).in_(recipients), _claimable(o, now))
                     .order_by(o.id)  # type: ignore[arg-type]
-                    .limit(50)
+                    .limit(BATCH * 4)
                     .with_for_update()
                 )
-                claimed.extend(followers)
+            )
             ids = [m.id for m in claimed]
             await s.exec(
                 update(o)
@@ -110,13 +105,39 @@ class OutboxSender:
         return claimed
 
     async def deliver(self, messages: list[OutboxMessage]) -> None:
-        """Send claimed messages, each recipient's in order, recipients side by side."""
+        """Send claimed messages, each recipient's in order, recipients side by side.
+
+        Successes are recorded together once every queue is done (one transaction per
+        round); a channel with an `on_sent` hook hears about them after that commit.
+        """
         queues: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
         for m in sorted(messages, key=lambda m: m.id or 0):
             queues[(m.channel, m.recipient)].append(m)
-        await asyncio.gather(*(self._deliver_queue(q) for q in queues.values()))
+        sent: list[tuple[OutboxMessage, str | None]] = []
+        await asyncio.gather(*(self._deliver_queue(q, sent) for q in queues.values()))
+        if not sent:
+            return
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        async with self.db.transaction() as s:
+            await s.exec(
+                update(table)
+                .where(table.c.id == bindparam("b_id"), table.c.status == "sending")
+                .values(
+                    status="sent",
+                    sent_at=bindparam("b_at"),
+                    platform_message_id=bindparam("b_pid"),
+                    last_error=None,
+                ),
+                params=[{"b_id": m.id, "b_at": self.clock.now(), "b_pid": pid} for m, pid in sent],
+            )
+        for m, _ in sent:
+            hook = getattr(self.channels[m.channel], "on_sent", None)
+            if hook is not None:
+                hook(m)
 
-    async def _deliver_queue(self, queue: list[OutboxMessage]) -> None:
+    async def _deliver_queue(
+        self, queue: list[OutboxMessage], sent: list[tuple[OutboxMessage, str | None]]
+    ) -> None:
         for i, message in enumerate(queue):
             channel = self.channels[message.channel]
             try:
@@ -128,20 +149,7 @@ class OutboxSender:
                 retry_after = exc.retry_after if isinstance(exc, TemporaryFailure) else None
                 await self._retry_later(message, exc, retry_after, behind=queue[i + 1 :])
                 return
-            await self._mark_sent(message, platform_id)
-
-    async def _mark_sent(self, message: OutboxMessage, platform_id: str | None) -> None:
-        async with self.db.transaction() as s:
-            await s.exec(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == message.id, OutboxMessage.status == "sending")  # type: ignore[arg-type]
-                .values(
-                    status="sent",
-                    sent_at=self.clock.now(),
-                    platform_message_id=platform_id,
-                    last_error=None,
-                )
-            )
+            sent.append((message, platform_id))
 
     async def _park(self, message: OutboxMessage, error: str) -> None:
         log.error(

@@ -8,6 +8,7 @@ Neither blocks the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ def async_url(url: str, base_dir: Path | None = None) -> str:
     return u.render_as_string(hide_password=False)
 
 
-def _sqlite_setup(engine: AsyncEngine) -> None:
+def _sqlite_setup(engine: AsyncEngine, immediate: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (see below).
@@ -52,11 +53,19 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock at BEGIN, so they queue instead of failing half-way.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class Database:
-    """One engine and a session factory; `transaction()` is the unit of work."""
+    """Engines and session factories.
+
+    `transaction()` is the unit of work for writes; `sessions()` is for reads. On SQLite,
+    writes also queue on an in-process lock: SQLite allows one writer at a time anyway,
+    and waiting on an asyncio lock is prompt where SQLite's busy handler sleeps and polls.
+    Reads use their own connections with a plain (deferred) BEGIN and never wait for
+    writers (WAL).
+    """
 
     def __init__(
         self, url: str, base_dir: Path | None = None, pool_size: int = 10, **engine_kw: Any
@@ -69,18 +78,33 @@ class Database:
             kw.setdefault("max_overflow", pool_size)
             kw.setdefault("pool_pre_ping", True)
         self.engine = create_async_engine(self.url, **kw)
+        self._write_lock: asyncio.Lock | None = None
         if self.is_sqlite:
-            _sqlite_setup(self.engine)
-        self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+            _sqlite_setup(self.engine, immediate=True)
+            self.read_engine = create_async_engine(self.url, **kw)
+            _sqlite_setup(self.read_engine, immediate=False)
+            self._write_lock = asyncio.Lock()
+        else:
+            self.read_engine = self.engine
+        self._writes = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self.sessions = async_sessionmaker(
+            self.read_engine, class_=AsyncSession, expire_on_commit=False
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session whose work commits together on success and rolls back on error."""
-        async with self.sessions() as session, session.begin():
+        if self._write_lock is None:
+            async with self._writes() as session, session.begin():
+                yield session
+            return
+        async with self._write_lock, self._writes() as session, session.begin():
             yield session
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
 
 
 def run_migrations(url: str, base_dir: Path | None = None, revision: str = "head") -> None:

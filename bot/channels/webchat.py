@@ -53,10 +53,13 @@ class WebChat:
     # ---- egress
 
     async def send(self, message: OutboxMessage) -> str | None:
-        """The browser fetches sent messages itself; wake any poll waiting for them."""
+        """Nothing to push: the browser fetches its sent messages itself."""
+        return None
+
+    def on_sent(self, message: OutboxMessage) -> None:
+        """The message is marked sent: wake the polls waiting for it."""
         for waiter in self._waiters.get(message.recipient, ()):
             waiter.set()
-        return None
 
     # ---- HTTP
 
