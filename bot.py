@@ -102,6 +102,53 @@ async def _load_demo_if_empty(service: Any, force: bool = False) -> None:
     print(f"already rated: {summary.rated_code}   still in progress: {summary.pending_code}")
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk to the bot in this terminal (type a button's number to tap it)."""
+    settings = _settings(args)
+    from bot.logs import setup_logging
+
+    setup_logging("WARNING", settings.log.format)
+    _upgrade(settings)
+    return asyncio.run(_chat(settings, args.lang))
+
+
+async def _chat(settings: Settings, lang: str | None) -> int:
+    import uuid
+
+    from bot.app import build_service, seed_startup
+    from bot.channels.base import Inbound
+    from bot.channels.console import Console
+    from bot.clock import Clock
+
+    console = Console()
+    service = build_service(settings, Clock(), {"console": console})
+    if settings.demo.autoload:
+        await _load_demo_if_empty(service)
+    await seed_startup(service)
+    service.dispatcher.start()
+    service.sender.start()
+    session = uuid.uuid4().hex[:8]
+    user = f"terminal-{session}"
+    print(
+        "Gõ tin nhắn, hoặc số thứ tự để bấm nút; Ctrl+D để thoát. (Type; a number taps a button.)"
+    )
+    start = Inbound("console", f"{session}-start", user, kind="start", lang=lang)
+    await service.ingress.accept(start)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            await service.ingress.accept(console.inbound(user, line.rstrip("\n"), session))
+    finally:
+        await service.dispatcher.stop()
+        await asyncio.sleep(0.3)  # let the last answers out
+        await service.sender.stop()
+        await service.db.dispose()
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Create or upgrade the database schema to the latest version."""
     settings = _settings(args)
@@ -317,6 +364,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-demo", action="store_true", help="do not load demo data into an empty database"
     )
+
+    chat = add("chat", cmd_chat)
+    chat.add_argument("--lang", choices=["vi", "en"], help="language of the conversation")
 
     db = sub.add_parser("db", help="Database schema: db upgrade.")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)

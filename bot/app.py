@@ -54,11 +54,13 @@ class Service:
 SERVICE = web.AppKey("service", Service)
 
 
-def build_service(settings: Settings, clock: Clock, db: Database | None = None) -> Service:
-    db = db or Database(settings.storage.url, settings.base_dir, settings.storage.pool_size)
+def build_service(
+    settings: Settings, clock: Clock, extra_channels: dict[str, Channel] | None = None
+) -> Service:
+    db = Database(settings.storage.url, settings.base_dir, settings.storage.pool_size)
     calendar = WorkCalendar(settings.workdays.extra_days_off, settings.workdays.makeup_working_days)
     flows = FlowCache(settings)
-    channels: dict[str, Channel] = {}
+    channels: dict[str, Channel] = dict(extra_channels or {})
     if settings.chat.enabled:
         channels["webchat"] = WebChat(db, settings)
     sender = OutboxSender(db, clock, channels, settings.outbox)
@@ -135,11 +137,16 @@ def build_app(service: Service) -> web.Application:
     return app
 
 
-async def _start(app: web.Application) -> None:
-    service = app[SERVICE]
+async def seed_startup(service: Service) -> None:
+    """What every start does before serving: publish new or changed shipped flows."""
     async with service.db.transaction() as s:
         for note in await seed_flows(s, service.settings, service.clock.now()):
             log.info("flow published from flows/data: %s", note)
+
+
+async def _start(app: web.Application) -> None:
+    service = app[SERVICE]
+    await seed_startup(service)
     service.dispatcher.start()
     service.sender.start()
 

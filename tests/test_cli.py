@@ -136,3 +136,43 @@ async def test_run_starts_with_demo_data_and_a_citizen_can_rate(tmp_path: Path) 
             proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 0
+
+
+async def test_chat_in_the_terminal_goes_through_the_same_path(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "HAILONG_STORAGE_URL": f"sqlite:///{tmp_path / 'chat.db'}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "bot.py",
+        "chat",
+        cwd=ROOT,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def until(text: str) -> str:
+        seen = []
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()  # type: ignore[union-attr]
+            assert line, "chat exited:\n" + "".join(seen)
+            seen.append(line)
+            if text in line:
+                return "".join(seen)
+
+    try:
+        printed = await until("[4] Hướng dẫn")
+        code = re.findall(r"^\s+(\S+-\d{6}-\d{4})\s+http", printed, re.M)[0]
+        proc.stdin.write(b"1\n")
+        await until("nhập mã hồ sơ")
+        proc.stdin.write(f"{code}\n".encode())
+        await until("(1/5)")
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0
