@@ -37,6 +37,25 @@ APOLOGY = {
 }
 
 
+MERGE_UP_TO = 1500  # characters; keeps a merged message under Zalo's 2,000
+
+
+def merge_sends(sends: list[engine.Send]) -> list[engine.Send]:
+    """Join a message without buttons to the one that follows it, as paragraphs.
+
+    One answer then arrives as one message (its question and buttons last), which is
+    easier to read and stays within the platforms' per-chat rate (about 1 message/s).
+    """
+    out: list[engine.Send] = []
+    for send in sends:
+        prev = out[-1] if out else None
+        if prev is not None and not prev.buttons and len(prev.text) + len(send.text) < MERGE_UP_TO:
+            out[-1] = engine.Send(f"{prev.text}\n\n{send.text}", send.buttons, send.turn)
+        else:
+            out.append(send)
+    return out
+
+
 def to_engine_event(ev: InboxEvent) -> engine.Event:
     if ev.kind == "button":
         return engine.Tap(ev.payload or "", ev.turn)
@@ -154,10 +173,9 @@ class ConversationService:
         conv.step = state.step
         conv.vars = dict(state.vars)
         conv.updated_at = now
-        for send in effects:
-            if isinstance(send, engine.Send):
-                buttons = [{"payload": b.payload, "title": b.title} for b in send.buttons]
-                self._queue(s, conv, message_body(send.text, buttons, send.turn), now)
+        for send in merge_sends([e for e in effects if isinstance(e, engine.Send)]):
+            buttons = [{"payload": b.payload, "title": b.title} for b in send.buttons]
+            self._queue(s, conv, message_body(send.text, buttons, send.turn), now)
 
     def _queue(self, s: AsyncSession, conv: Conversation, body: dict, now: datetime) -> None:
         s.add(

@@ -93,5 +93,10 @@ class ChatClient:
         raise AssertionError(f"no button {title!r}; have {[b['title'] for b in self.buttons()]}")
 
 
+def question(message: dict[str, Any]) -> str:
+    """The last paragraph of a message: the question its buttons answer."""
+    return str(message["text"]).split("\n\n")[-1]
+
+
 def texts(messages: list[dict[str, Any]]) -> str:
     return "\n".join(m["text"] for m in messages)

@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from bot.app import Service, build_app, build_service
 from storage.models import Dossier, DossierEvent
-from tests.chat import ChatClient
+from tests.chat import ChatClient, question
 from tests.conftest import API_TOKEN, make_settings
 from tests.factories import small_province
 
@@ -62,7 +62,7 @@ async def test_received_then_completed_dossier_can_be_rated(
     assert d.completed_at is not None and d.completed_at.isoformat() == "2026-11-23T02:00:00+00:00"
 
     intro = await chat.say(NEW_CODE)
-    assert intro[-1]["text"].startswith("(1/5)")
+    assert question(intro[-1]).startswith("(1/5)")
 
 
 async def test_the_same_event_twice_is_applied_once(

@@ -9,7 +9,7 @@ from sqlmodel import select
 from bot.app import Service
 from bot.stats import satisfaction
 from storage.models import InboxEvent, OutboxMessage, Rating, RatingAnswer, Report
-from tests.chat import ChatClient, texts
+from tests.chat import ChatClient, question, texts
 from tests.factories import COMPLETED, COMPLETED_2, IN_PROGRESS, small_province
 
 
@@ -42,7 +42,7 @@ async def test_citizen_rates_a_completed_dossier_and_the_summary_agrees(
     intro = await chat.say(f"  {COMPLETED.lower()} ")
     assert "Đăng ký biến động quyền sử dụng đất" in texts(intro)
     assert "UBND phường Việt Trì" in texts(intro)
-    assert intro[-1]["text"].startswith("(1/5) Thời gian giải quyết")
+    assert question(intro[-1]).startswith("(1/5) Thời gian giải quyết")
     assert [b["title"] for b in intro[-1]["buttons"]] == [
         "Rất không hài lòng",
         "Không hài lòng",
@@ -125,7 +125,7 @@ async def test_unknown_malformed_and_unfinished_dossiers_get_a_clear_answer_and_
     assert "hẹn trả kết quả ngày" in texts(unfinished)
     # Still able to rate another one right away.
     intro = await chat.say(COMPLETED)
-    assert intro[-1]["text"].startswith("(1/5)")
+    assert question(intro[-1]).startswith("(1/5)")
     async with service.db.sessions() as s:
         assert not (await s.exec(select(Rating))).all()
 
@@ -137,7 +137,7 @@ async def test_deep_link_opens_the_rating_of_that_dossier(
     assert f'data-start="{COMPLETED}"' in page
     intro = await chat.start(COMPLETED)
     assert COMPLETED in texts(intro)
-    assert intro[-1]["text"].startswith("(1/5)")
+    assert question(intro[-1]).startswith("(1/5)")
 
 
 async def test_replaying_the_same_message_id_changes_nothing(
@@ -164,7 +164,7 @@ async def test_replaying_the_same_message_id_changes_nothing(
     )
     assert again == {"accepted": True, "duplicate": True}
     assert await chat.replies() == []
-    assert after_first[-1]["text"].startswith("(2/5)")
+    assert question(after_first[-1]).startswith("(2/5)")
     async with service.db.sessions() as s:
         events = (await s.exec(select(func.count()).select_from(InboxEvent))).one()
     assert events == 2
