@@ -330,12 +330,160 @@ def cmd_flows_rollback(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _with_db(settings: Settings, work: Callable[[Any], Any]) -> Any:
+    """Run `work(db)` against the configured database (migrated first)."""
+    from storage.db import Database
+
+    _upgrade(settings)
+
+    async def go() -> Any:
+        db = Database(settings.storage.url, settings.base_dir)
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+def cmd_official_list(args: argparse.Namespace) -> int:
+    """List officials with their agency and linked messenger accounts."""
+    settings = _settings(args)
+
+    async def work(db: Any) -> None:
+        from sqlmodel import select
+
+        from storage.models import Agency, Official, OfficialAccount
+
+        async with db.sessions() as s:
+            query = select(Official, Agency).join(Agency, Agency.id == Official.agency_id)
+            if args.agency:
+                query = query.where(Agency.code == args.agency)
+            accounts: dict[int, list[str]] = {}
+            for acc in await s.exec(select(OfficialAccount)):
+                accounts.setdefault(acc.official_id, []).append(acc.channel)
+            for official, agency in await s.exec(query.order_by(Agency.code, Official.id)):
+                linked = ", ".join(sorted(accounts.get(official.id, []))) or "—"
+                print(
+                    f"{official.id:>5}  {official.name:<28} {official.title:<36} "
+                    f"{agency.code:<14} {linked}"
+                )
+
+    _with_db(settings, work)
+    return 0
+
+
+def cmd_official_link_code(args: argparse.Namespace) -> int:
+    """Issue a one-time code an official sends to the bot to link their account."""
+    settings = _settings(args)
+
+    async def work(db: Any) -> int:
+        from datetime import timedelta
+
+        from bot.clock import Clock
+        from bot.officials import issue_link_code
+
+        try:
+            async with db.transaction() as s:
+                code = await issue_link_code(
+                    s, args.official, Clock().now(), timedelta(hours=args.hours)
+                )
+        except LookupError as exc:
+            print(exc.args[0], file=sys.stderr)
+            return 1
+        print(code)
+        print(
+            "Gửi mã này cho bot trên Telegram hoặc Zalo để liên kết tài khoản "
+            f"(hiệu lực {args.hours} giờ, dùng một lần).\n"
+            "Send this code to the bot on Telegram or Zalo to link the account."
+        )
+        return 0
+
+    return int(_with_db(settings, work))
+
+
+def cmd_telegram_set_webhook(args: argparse.Namespace) -> int:
+    """Register telegram.webhook_url (with its secret token) with Telegram."""
+    settings = _settings(args)
+    if not (settings.telegram.enabled and settings.telegram.webhook_url):
+        print(
+            "set telegram.token, telegram.webhook_url and telegram.secret_token first",
+            file=sys.stderr,
+        )
+        return 1
+    from bot.channels.telegram import Telegram
+
+    ok = asyncio.run(Telegram(settings.telegram).set_webhook())
+    print(f"webhook {'registered' if ok else 'NOT registered'}: {settings.telegram.webhook_url}")
+    return 0 if ok else 1
+
+
+def cmd_zalo_bot_set_webhook(args: argparse.Namespace) -> int:
+    """Register zalo_bot.webhook_url (with its secret token) with the Zalo Bot Platform."""
+    settings = _settings(args)
+    if not (settings.zalo_bot.enabled and settings.zalo_bot.webhook_url):
+        print(
+            "set zalo_bot.token, zalo_bot.webhook_url and zalo_bot.secret_token first",
+            file=sys.stderr,
+        )
+        return 1
+    from bot.channels.zalo_bot import ZaloBot
+
+    asyncio.run(ZaloBot(settings.zalo_bot).set_webhook())
+    print(f"webhook registered: {settings.zalo_bot.webhook_url}")
+    return 0
+
+
+def cmd_zalo_set_tokens(args: argparse.Namespace) -> int:
+    """Store a new Zalo OA access/refresh token pair (e.g. after the refresh token was lost)."""
+    settings = _settings(args)
+    if not settings.zalo.enabled:
+        print("Zalo OA is off: set zalo.app_id first", file=sys.stderr)
+        return 1
+
+    async def work(db: Any) -> None:
+        from bot.channels.zalo import ZaloTokens
+        from bot.clock import Clock
+
+        await ZaloTokens(db, settings.zalo, Clock()).set_pair(args.access_token, args.refresh_token)
+
+    _with_db(settings, work)
+    print("stored; the bot uses the new pair from its next message")
+    return 0
+
+
+def cmd_qr(args: argparse.Namespace) -> int:
+    """Write a PNG with QR codes (Telegram, Zalo, web chat) for a dossier receipt."""
+    settings = _settings(args)
+    from bot.links import dossier_links
+    from bot.qr import receipt_png
+    from nlu.text import find_dossier_code
+
+    code = find_dossier_code(args.code)
+    if code is None:
+        print(
+            f"{args.code!r} is not a dossier code (e.g. H15.50.05.13-261008-0975)", file=sys.stderr
+        )
+        return 1
+    links = dossier_links(settings, code)
+    out = Path(args.output or f"{code}.png")
+    out.write_bytes(receipt_png(code, links))
+    print(f"written {out}")
+    for name, link in links.items():
+        print(f"  {name:<9} {link}")
+    if settings.telegram.enabled and "telegram" not in links:
+        print("  (set telegram.username for the Telegram link)")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Validate the configuration and print it (secrets masked)."""
     settings = _settings(args)
     data = settings.model_dump(mode="json", exclude={"base_dir"})
-    if data["api"]["token"]:
-        data["api"]["token"] = "***"
+    for section in data.values():
+        for key, value in section.items():
+            if value and ("token" in key or "secret" in key):
+                section[key] = "***"
     print(json.dumps(data, ensure_ascii=False, indent=2))
     return 0
 
@@ -399,6 +547,32 @@ def parser() -> argparse.ArgumentParser:
     fr.add_argument("flow")
     fr.add_argument("version", type=int)
     fr.add_argument("--author", default="cli")
+
+    official = sub.add_parser("official", help="Officials: list, link-code.")
+    official_sub = official.add_subparsers(dest="official_command", metavar="ACTION", required=True)
+    ol = add("list", cmd_official_list, official_sub)
+    ol.add_argument("--agency", help="only this agency code")
+    lc = add("link-code", cmd_official_link_code, official_sub)
+    lc.add_argument("official", type=int, help="the official's id (see: official list)")
+    lc.add_argument("--hours", type=int, default=72, help="validity (default 72)")
+
+    telegram = sub.add_parser("telegram", help="Telegram: set-webhook.")
+    telegram_sub = telegram.add_subparsers(dest="telegram_command", metavar="ACTION", required=True)
+    add("set-webhook", cmd_telegram_set_webhook, telegram_sub)
+
+    zalo = sub.add_parser("zalo", help="Zalo OA: set-tokens.")
+    zalo_sub = zalo.add_subparsers(dest="zalo_command", metavar="ACTION", required=True)
+    st = add("set-tokens", cmd_zalo_set_tokens, zalo_sub)
+    st.add_argument("access_token")
+    st.add_argument("refresh_token")
+
+    zalo_bot = sub.add_parser("zalo-bot", help="Zalo Bot Platform: set-webhook.")
+    zalo_bot_sub = zalo_bot.add_subparsers(dest="zalo_bot_command", metavar="ACTION", required=True)
+    add("set-webhook", cmd_zalo_bot_set_webhook, zalo_bot_sub)
+
+    qr = add("qr", cmd_qr)
+    qr.add_argument("code", help="dossier code")
+    qr.add_argument("-o", "--output", help="PNG file (default: <code>.png)")
 
     add("config", cmd_config)
     return p

@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.clock import VIETNAM, local_date
 from bot.config import Settings
+from bot.officials import link_account
 from flows.actions import ACTIONS
 from flows.engine import ActionDone, FlowError
 from nlu.text import find_dossier_code, is_greeting
@@ -32,6 +33,7 @@ class ActionContext:
     settings: Settings
     citizen_id: int
     channel: str
+    user_key: str
     now: datetime
     vars: Mapping[str, Any]
 
@@ -178,6 +180,17 @@ async def create_feedback(ctx: ActionContext, args: Mapping[str, str]) -> Action
         )
     )
     return ActionDone("created", {"report_code": code})
+
+
+@action("link_official")
+async def link_official(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone:
+    """An official sent the one-time code an admin gave them: link this account."""
+    official = await link_account(
+        ctx.session, args.get("code", ""), ctx.channel, ctx.user_key, ctx.now
+    )
+    if official is None:
+        return ActionDone("invalid")
+    return ActionDone("linked", {"official": official})
 
 
 @action("read_menu_text")

@@ -24,6 +24,7 @@ from bot.dossiers import (
     end_of_day,
     normalise_phone,
 )
+from bot.links import dossier_links
 from bot.logs import mask
 from bot.workdays import WorkCalendar
 from nlu.text import find_dossier_code
@@ -103,8 +104,14 @@ def parse_event(data: Any) -> DossierEventIn:
 
 class DossierApi:
     def __init__(
-        self, db: Database, settings: Settings, clock: Clock, calendar: WorkCalendar
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Clock,
+        calendar: WorkCalendar,
+        channels: dict[str, Any] | None = None,
     ) -> None:
+        self.channels = channels or {}
         self.db = db
         self.settings = settings
         self.clock = clock
@@ -139,7 +146,9 @@ class DossierApi:
             ev = parse_event(data)
             async with self.db.transaction() as s:
                 applied, dossier = await apply_event(s, ev, self.calendar, self.clock.now())
-                body = dossier_json(dossier, self.settings.public_url)
+                body = dossier_json(
+                    dossier, dossier_links(self.settings, dossier.code, self.channels)
+                )
         except Rejected as exc:
             return _error(exc.status, str(exc), exc.field)
         log.info(

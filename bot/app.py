@@ -19,7 +19,10 @@ from sqlmodel import select
 
 from bot.api import DossierApi
 from bot.channels.base import Channel
+from bot.channels.telegram import Telegram
 from bot.channels.webchat import WebChat
+from bot.channels.zalo import ZaloOA
+from bot.channels.zalo_bot import ZaloBot
 from bot.clock import Clock
 from bot.config import Settings
 from bot.conversation import ConversationService
@@ -63,13 +66,19 @@ def build_service(
     channels: dict[str, Channel] = dict(extra_channels or {})
     if settings.chat.enabled:
         channels["webchat"] = WebChat(db, settings)
+    if settings.telegram.enabled:
+        channels["telegram"] = Telegram(settings.telegram)
+    if settings.zalo.enabled:
+        channels["zalo"] = ZaloOA(db, settings.zalo, clock)
+    if settings.zalo_bot.enabled:
+        channels["zalo_bot"] = ZaloBot(settings.zalo_bot)
     sender = OutboxSender(db, clock, channels, settings.outbox)
     conversations = ConversationService(db, settings, clock, flows, on_outbox=sender.wake)
     dispatcher = Dispatcher(conversations, db, clock, concurrency=4 if db.is_sqlite else 16)
     ingress = Ingress(db, dispatcher, clock)
     for channel in channels.values():
-        if isinstance(channel, WebChat):
-            channel.ingress = ingress
+        if hasattr(channel, "ingress"):
+            channel.ingress = ingress  # type: ignore[attr-defined]
     return Service(
         settings, clock, db, calendar, flows, conversations, dispatcher, ingress, sender, channels
     )
@@ -127,11 +136,14 @@ def build_app(service: Service) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static", HERE / "static")
-    api = DossierApi(service.db, service.settings, service.clock, service.calendar)
+    api = DossierApi(
+        service.db, service.settings, service.clock, service.calendar, service.channels
+    )
     app.add_routes(api.routes())
     for channel in service.channels.values():
-        if isinstance(channel, WebChat):
-            app.add_routes(channel.routes())
+        routes = getattr(channel, "routes", None)
+        if routes is not None:
+            app.add_routes(routes())
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     return app
@@ -144,15 +156,31 @@ async def seed_startup(service: Service) -> None:
             log.info("flow published from flows/data: %s", note)
 
 
-async def _start(app: web.Application) -> None:
-    service = app[SERVICE]
+async def start_service(service: Service) -> None:
+    """Seed flows, connect the channels, start the workers."""
     await seed_startup(service)
+    for channel in service.channels.values():
+        start = getattr(channel, "start", None)
+        if start is not None:
+            await start()
     service.dispatcher.start()
     service.sender.start()
 
 
-async def _stop(app: web.Application) -> None:
-    service = app[SERVICE]
-    await service.sender.stop()
+async def stop_service(service: Service) -> None:
+    """Let the conversations under way finish, stop sending, disconnect."""
     await service.dispatcher.stop()
+    await service.sender.stop()
+    for channel in service.channels.values():
+        stop = getattr(channel, "stop", None)
+        if stop is not None:
+            await stop()
     await service.db.dispose()
+
+
+async def _start(app: web.Application) -> None:
+    await start_service(app[SERVICE])
+
+
+async def _stop(app: web.Application) -> None:
+    await stop_service(app[SERVICE])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -77,6 +78,110 @@ class ChatSettings(_Section):
     default_language: Literal["vi", "en"] = "vi"
 
 
+def _base_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s):// URL")
+    return v.rstrip("/")
+
+
+class TelegramSettings(_Section):
+    token: str = ""
+    username: str = ""
+    secret_token: str = ""
+    webhook_url: str = ""
+    api_base: str = "https://api.telegram.org"
+    rate_per_second: Annotated[float, Field(gt=0, le=1000)] = 30
+    rate_per_chat_per_second: Annotated[float, Field(gt=0, le=100)] = 1
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if v and not re.fullmatch(r"\d+:[A-Za-z0-9_-]{20,}", v):
+            raise ValueError("must look like 123456789:AAE… (from @BotFather), or be empty (off)")
+        return v
+
+    @field_validator("secret_token")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", v):
+            raise ValueError("must be 16–256 characters of A-Z a-z 0-9 _ -")
+        return v
+
+    @field_validator("api_base")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        return _base_url(v)
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> TelegramSettings:
+        if self.webhook_url and not self.secret_token:
+            raise ValueError(
+                "webhook_url needs secret_token (Telegram sends it back to prove it is Telegram)"
+            )
+        if self.webhook_url and not self.webhook_url.startswith("https://"):
+            raise ValueError("webhook_url must be https:// (Telegram calls only HTTPS webhooks)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
+class ZaloSettings(_Section):
+    app_id: str = ""
+    app_secret: str = ""
+    oa_secret_key: str = ""
+    oa_id: str = ""
+    access_token: str = ""
+    refresh_token: str = ""
+    api_base: str = "https://openapi.zalo.me"
+    oauth_base: str = "https://oauth.zaloapp.com"
+    rate_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 4000
+
+    @field_validator("api_base", "oauth_base")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        return _base_url(v)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ZaloSettings:
+        if self.app_id:
+            missing = [k for k in ("app_secret", "oa_secret_key") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"app_id is set, so {' and '.join(missing)} must be set too")
+            if not (self.access_token or self.refresh_token):
+                raise ValueError("app_id is set: give the first access_token / refresh_token pair")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.app_id)
+
+
+class ZaloBotSettings(_Section):
+    token: str = ""
+    secret_token: str = ""
+    webhook_url: str = ""
+    api_base: str = "https://bot-api.zaloplatforms.com"
+
+    @field_validator("api_base")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        return _base_url(v)
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> ZaloBotSettings:
+        if self.token and not self.secret_token:
+            raise ValueError("token is set: secret_token (8–256 characters) must be set too")
+        if self.secret_token and not 8 <= len(self.secret_token) <= 256:
+            raise ValueError("secret_token must be 8–256 characters")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
 class ConversationSettings(_Section):
     max_text_chars: Annotated[int, Field(ge=100, le=100_000)] = 4000
     idle_reset_minutes: Annotated[int, Field(ge=1)] = 120
@@ -142,6 +247,9 @@ class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     api: ApiSettings = ApiSettings()
     chat: ChatSettings = ChatSettings()
+    telegram: TelegramSettings = TelegramSettings()
+    zalo: ZaloSettings = ZaloSettings()
+    zalo_bot: ZaloBotSettings = ZaloBotSettings()
     conversation: ConversationSettings = ConversationSettings()
     rating: RatingSettings
     outbox: OutboxSettings = OutboxSettings()

@@ -163,7 +163,13 @@ class ConversationService:
         effects = list(result.effects)
         while (call := result.call) is not None:
             ctx = ActionContext(
-                s, self.settings, conv.citizen_id, conv.channel, now, result.state.vars
+                s,
+                self.settings,
+                conv.citizen_id,
+                conv.channel,
+                conv.user_key,
+                now,
+                result.state.vars,
             )
             done = await run_action(ctx, call.action, call.args)
             result = engine.handle(lib, result.state, done, now)

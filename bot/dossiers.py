@@ -123,7 +123,7 @@ async def apply_event(
     return True, dossier
 
 
-def dossier_json(d: Dossier, public_url: str) -> dict[str, Any]:
+def dossier_json(d: Dossier, links: dict[str, str]) -> dict[str, Any]:
     def iso(v: datetime | None) -> str | None:
         return v.astimezone(UTC).isoformat() if v else None
 
@@ -133,5 +133,5 @@ def dossier_json(d: Dossier, public_url: str) -> dict[str, Any]:
         "received_at": iso(d.received_at),
         "due_at": iso(d.due_at),
         "completed_at": iso(d.completed_at),
-        "links": {"chat": f"{public_url}/chat?start={d.code}"},
+        "links": links,
     }

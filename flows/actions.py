@@ -33,6 +33,11 @@ ACTIONS: dict[str, ActionSpec] = {
         args=("text",),
         outcomes=("created", "need_text"),
     ),
+    "link_official": ActionSpec(
+        "Link this messenger account to the official a one-time code was issued for.",
+        args=("code",),
+        outcomes=("linked", "invalid"),
+    ),
     "read_menu_text": ActionSpec(
         "Understand free text typed at the main menu (a dossier code, a greeting, …).",
         args=("text",),

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flows.model import Button, FlowDef, Step
-from nlu.text import find_dossier_code, fold, has_letters_or_digits
+from nlu.text import find_dossier_code, fold, has_letters_or_digits, nfc
 
 MAIN_FLOW = "main"
 MAX_STEPS_PER_EVENT = 50
@@ -415,15 +415,19 @@ class _Run:
         return flow.entries.get(name, flow.start)
 
     def command(self, text: str) -> str | None:
-        """The target of a command word ("menu", "hủy"…) typed anywhere, if any."""
+        """The target of a command ("menu", "hủy", a link code…) typed anywhere, if any."""
         folded = fold(text)
         if not folded:
             return None
         main = self.lib.flow(self.lib.current_version(MAIN_FLOW))
         flows = [main] if self.state.version is None else [self.flow(), main]
+        upper = nfc(text).strip().upper()
         for flow in flows:
             for cmd in flow.commands:
-                if folded in (fold(m) for m in cmd.match):
+                if folded in (fold(m) for m in cmd.match) or (
+                    cmd.pattern and re.fullmatch(cmd.pattern, upper)
+                ):
+                    self.vars["input"] = text.strip()
                     return cmd.goto
         return None
 
@@ -487,11 +491,11 @@ class _Run:
         for button, payload, title, aliases in options:
             if folded == fold(title) or folded in (fold(a) for a in aliases):
                 return button, payload
-        if step.input is not None:
-            return None  # free text: only an exact payload, title or alias picks a button
         if folded.isdigit() and 1 <= int(folded) <= len(options) and not step.choices:
             button, payload, _, _ = options[int(folded) - 1]
             return button, payload
+        if step.input is not None:
+            return None  # free text: only an exact payload, title, alias or number picks
         words = f" {folded} "
         hits = {
             payload

@@ -72,9 +72,15 @@ class Step(_Strict):
 
 
 class Command(_Strict):
-    """Words that work anywhere in a conversation, e.g. "menu" → back to the main menu."""
+    """Words that work anywhere in a conversation, e.g. "menu" → back to the main menu.
 
-    match: list[str]
+    `match` lists whole messages (compared without diacritics); `pattern` is a regular
+    expression the whole message (upper-cased) must match, e.g. an official's link code.
+    The message is kept in the variable `input`.
+    """
+
+    match: list[str] = []
+    pattern: str | None = None
     goto: str
 
 

@@ -8,6 +8,7 @@ language, more than 5 buttons on a step (Zalo's limit) and button payloads over 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -189,9 +190,14 @@ def validate_flow(
         if target not in flow.steps:
             problems.append(f"entry {entry!r}: unknown step {target!r}")
     for i, cmd in enumerate(flow.commands):
-        if not cmd.match:
-            problems.append(f"command {i + 1}: no words to match")
-        local = resolve(f"command {cmd.match[:1]}", cmd.goto)
+        if not (cmd.match or cmd.pattern):
+            problems.append(f"command {i + 1}: no words or pattern to match")
+        if cmd.pattern:
+            try:
+                re.compile(cmd.pattern)
+            except re.error as exc:
+                problems.append(f"command {i + 1}: pattern is not a regular expression ({exc})")
+        local = resolve(f"command {i + 1}", cmd.goto)
         if local is not None:
             roots.add(local)
     for other in known_flows.values():

@@ -51,10 +51,11 @@ def is_greeting(text: str) -> bool:
 
 # <agency code>-YYMMDD-NNNN; the agency code is dot-separated groups (H15.50.05.13,
 # 000.00.00.H41); the tail has 4 digits (provincial systems) to 7 (ministries).
+# In a Telegram deep link the dots are written as "_" (H15_50_05_13-261008-0975).
 _CODE = re.compile(
     r"(?<![A-Z0-9.])"
-    r"(?P<agency>[A-Z0-9]{1,8}(?:\s*\.\s*[A-Z0-9]{1,8}){0,6})"
-    r"\s*[-–—_]\s*(?P<date>\d{6})\s*[-–—_]\s*(?P<seq>\d{4,7})"
+    r"(?P<agency>[A-Z0-9]{1,8}(?:\s*[._]\s*[A-Z0-9]{1,8}){0,6})"
+    r"\s*[-–—]\s*(?P<date>\d{6})\s*[-–—]\s*(?P<seq>\d{4,7})"
     r"(?![0-9])"
 )
 DOSSIER_CODE_EXAMPLE = "H15.50.05.13-261008-0975"
@@ -72,6 +73,7 @@ def find_dossier_code(text: str) -> str | None:
     """The first well-formed dossier code in `text`, normalised (upper case, no spaces)."""
     for m in _CODE.finditer(nfc(text).upper()):
         if _valid_yymmdd(m["date"]):
-            agency = re.sub(r"\s+", "", m["agency"])
+            # "_" stands for "." in Telegram deep links, where dots are not allowed.
+            agency = re.sub(r"\s+", "", m["agency"]).replace("_", ".")
             return f"{agency}-{m['date']}-{m['seq']}"
     return None

@@ -207,6 +207,31 @@ class Counter(SQLModel, table=True):
     value: int = 0
 
 
+class OfficialAccount(SQLModel, table=True):
+    """An official's messenger account (linked once with a one-time code)."""
+
+    __tablename__ = "official_account"
+    __table_args__ = (UniqueConstraint("channel", "user_key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    official_id: int = Field(foreign_key="official.id", index=True)
+    channel: str = Field(max_length=20)
+    user_key: str = Field(max_length=100)
+    linked_at: datetime
+
+
+class LinkCode(SQLModel, table=True):
+    """A one-time code an admin gives an official to link a messenger account."""
+
+    __tablename__ = "link_code"
+    # SHA-256 of the code: the code itself is never stored.
+    code_hash: str = Field(primary_key=True, max_length=64)
+    official_id: int = Field(foreign_key="official.id", index=True)
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+    used_by: str | None = Field(default=None, max_length=130)
+
+
 # ---------------------------------------------------------------- message path
 
 
@@ -236,6 +261,21 @@ class InboxEvent(SQLModel, table=True):
     attempts: int = 0
     processed_at: datetime | None = None
     error: str | None = None
+
+
+class ChannelToken(SQLModel, table=True):
+    """A platform's current access/refresh token pair (Zalo's refresh token is single-use).
+
+    `refreshing_until` is a lease: the process holding it is refreshing; others wait.
+    """
+
+    __tablename__ = "channel_token"
+    channel: str = Field(primary_key=True, max_length=20)
+    access_token: str
+    refresh_token: str
+    expires_at: datetime | None = None
+    refreshing_until: datetime | None = None
+    updated_at: datetime
 
 
 class OutboxMessage(SQLModel, table=True):

@@ -17,6 +17,7 @@ from nlu.text import find_dossier_code, fold, has_letters_or_digits, is_greeting
         ("ma ho so cua e la h15.50.05.13-261008-0975 a", "H15.50.05.13-261008-0975"),
         ("000.00.00.H41-261008-0001234", "000.00.00.H41-261008-0001234"),
         ("Mã hồ sơ: G22.27-250101-1234.", "G22.27-250101-1234"),
+        ("H15_50_05_13-261008-0975", "H15.50.05.13-261008-0975"),  # Telegram deep link
     ],
 )
 def test_dossier_codes_are_accepted_loosely_and_normalised(typed: str, code: str) -> None:

@@ -330,7 +330,12 @@ def upgrade() -> None:
         field,
         [
             {"key": "land", "name_vi": "Đất đai", "name_en": "Land", "position": 1},
-            {"key": "construction", "name_vi": "Xây dựng", "name_en": "Construction", "position": 2},
+            {
+                "key": "construction",
+                "name_vi": "Xây dựng",
+                "name_en": "Construction",
+                "position": 2,
+            },
             {
                 "key": "judicial_records",
                 "name_vi": "Lý lịch tư pháp",
