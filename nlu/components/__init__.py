@@ -1,0 +1,1 @@
+"""Custom Rasa components for hailong's Vietnamese NLU."""
