@@ -11,11 +11,16 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bot.app import SERVICE
+from bot.clock import ManualClock
 from storage.models import InboxEvent, OutboxMessage
 
 
-async def settle(http: TestClient, timeout: float = 10.0) -> None:
-    """Wait until every stored event is handled and every message is sent or parked."""
+async def settle(http: TestClient, timeout: float = 10.0, clock: ManualClock | None = None) -> None:
+    """Wait until every stored event is handled and every message is sent or parked.
+
+    With a `clock`, messages waiting for a retry are brought due by moving the clock to
+    their next attempt (backoff and retry_after pass without waiting for them).
+    """
     service = http.server.app[SERVICE]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -26,8 +31,19 @@ async def settle(http: TestClient, timeout: float = 10.0) -> None:
             outbox = await s.scalar(
                 select(func.count()).where(OutboxMessage.status.in_(("pending", "sending")))  # type: ignore[attr-defined]
             )
+            next_due = None
+            if clock is not None:
+                next_due = await s.scalar(
+                    select(func.min(OutboxMessage.next_attempt_at)).where(
+                        OutboxMessage.status == "pending",
+                        OutboxMessage.next_attempt_at > clock.now(),
+                    )
+                )
         if not inbox and not outbox:
             return
+        if clock is not None and next_due is not None:
+            clock.set(next_due)
+            service.sender.wake()
         await asyncio.sleep(0.01)
     raise TimeoutError(f"not settled after {timeout}s: inbox {inbox}, outbox {outbox}")
 

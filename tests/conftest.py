@@ -27,6 +27,7 @@ from bot.clock import ManualClock
 from bot.config import Settings, load_settings
 from storage.db import Database, run_migrations
 from tests.chat import ChatClient
+from tests.fakes import FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("HAILONG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -147,3 +148,22 @@ async def chat(http: TestClient) -> AsyncIterator[ChatClient]:
     citizen = ChatClient(http)
     await citizen.open()
     yield citizen
+
+
+@pytest.fixture
+async def fake_telegram() -> AsyncIterator[FakeTelegram]:
+    """The fake Telegram Bot API server."""
+    async with FakeTelegram() as tg:
+        yield tg
+
+
+@pytest.fixture
+async def telegram_bot(
+    db_url: str, clock: ManualClock, fake_telegram: FakeTelegram
+) -> AsyncIterator[tuple[Service, TestClient]]:
+    """The real bot in webhook mode, Telegram pointed at the fake, a small province loaded."""
+    from tests.telegram_users import start, telegram_env
+
+    service, http = await start(db_url, clock, telegram_env(fake_telegram))
+    yield service, http
+    await http.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import re
 import warnings
 from collections import OrderedDict
@@ -22,6 +23,10 @@ from typing import Any
 
 from aiohttp import web
 from aiolimiter import AsyncLimiter
+
+# RetryAfter.retry_after as a timedelta, as PTB will give it by default in its next major.
+os.environ.setdefault("PTB_TIMEDELTA", "1")
+
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import (
     BadRequest,
@@ -70,20 +75,26 @@ def retry_seconds(exc: RetryAfter) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-class _ChatLimiters:
-    """One rate limiter per chat, the least recently used forgotten past `size`."""
+class _ChatPacer:
+    """Keeps sends to one chat at least 1/rate seconds apart (the least recent forgotten)."""
 
     def __init__(self, rate: float, size: int = 10_000) -> None:
-        self.rate = rate
+        self.interval = 1 / rate
         self.size = size
-        self._limiters: OrderedDict[str, AsyncLimiter] = OrderedDict()
+        self._last: OrderedDict[str, float] = OrderedDict()
 
-    def __call__(self, chat: str) -> AsyncLimiter:
-        limiter = self._limiters.pop(chat, None) or AsyncLimiter(1, 1 / self.rate)
-        self._limiters[chat] = limiter
-        while len(self._limiters) > self.size:
-            self._limiters.popitem(last=False)
-        return limiter
+    async def wait(self, chat: str) -> None:
+        last = self._last.get(chat)
+        if last is not None:
+            delay = last + self.interval - asyncio.get_running_loop().time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    def sent(self, chat: str) -> None:
+        self._last.pop(chat, None)
+        self._last[chat] = asyncio.get_running_loop().time()
+        while len(self._last) > self.size:
+            self._last.popitem(last=False)
 
 
 class Telegram:
@@ -103,8 +114,9 @@ class Telegram:
             get_updates_request=HTTPXRequest(read_timeout=POLL_TIMEOUT + 10),
         )
         self.username = settings.username
-        self._overall = AsyncLimiter(settings.rate_per_second, 1)
-        self._per_chat = _ChatLimiters(settings.rate_per_chat_per_second)
+        # No bursts: evenly spaced sends never exceed the rate in any one-second window.
+        self._overall = AsyncLimiter(1, 1 / settings.rate_per_second)
+        self._per_chat = _ChatPacer(settings.rate_per_chat_per_second)
         self._poller: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -313,7 +325,11 @@ class Telegram:
         sent_id: str | None = None
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
-            async with self._overall, self._per_chat(chat):
+            # The chat's pace first (a slot of the overall rate is not held while waiting);
+            # waiting for the overall rate after it only spaces this chat's sends further.
+            await self._per_chat.wait(chat)
+            async with self._overall:
+                self._per_chat.sent(chat)
                 try:
                     sent = await self.bot.send_message(
                         chat, part, reply_markup=markup if last else None

@@ -36,4 +36,4 @@ def _pack(pieces: list[str], sep: str, limit: int) -> list[str]:
                 current = chunk
     if current:
         parts.append(current)
-    return [p for p in parts if p.strip()] or [""]
+    return [p.strip() for p in parts if p.strip()] or [""]

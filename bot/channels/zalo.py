@@ -218,8 +218,11 @@ class ZaloOA:
 
     name = NAME
 
-    def __init__(self, db: Database, settings: ZaloSettings, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, settings: ZaloSettings, clock: Clock, timeout: float = 15.0
+    ) -> None:
         self.settings = settings
+        self.timeout = timeout
         self.ingress: Any = None  # bot.ingress.Ingress, set when the service is built
         self.tokens = ZaloTokens(db, settings, clock)
         self.limiter = AsyncLimiter(settings.rate_per_minute, 60)
@@ -227,7 +230,7 @@ class ZaloOA:
         self._variants_seen: set[str] = set()
 
     async def start(self) -> None:
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         self.tokens.http = self.http
 
     async def stop(self) -> None:
