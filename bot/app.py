@@ -29,6 +29,7 @@ from bot.conversation import ConversationService
 from bot.dispatcher import Dispatcher
 from bot.flowstore import FlowCache, seed_flows
 from bot.ingress import Ingress
+from bot.metrics import CONTENT_TYPE, Metrics
 from bot.outbox import OutboxSender
 from bot.workdays import WorkCalendar
 from storage.db import Database
@@ -51,6 +52,7 @@ class Service:
     dispatcher: Dispatcher
     ingress: Ingress
     sender: OutboxSender
+    metrics: Metrics
     channels: dict[str, Channel] = field(default_factory=dict)
 
 
@@ -72,15 +74,30 @@ def build_service(
         channels["zalo"] = ZaloOA(db, settings.zalo, clock)
     if settings.zalo_bot.enabled:
         channels["zalo_bot"] = ZaloBot(settings.zalo_bot)
-    sender = OutboxSender(db, clock, channels, settings.outbox)
-    conversations = ConversationService(db, settings, clock, flows, on_outbox=sender.wake)
+    metrics = Metrics()
+    sender = OutboxSender(db, clock, channels, settings.outbox, metrics)
+    conversations = ConversationService(
+        db, settings, clock, flows, on_outbox=sender.wake, metrics=metrics
+    )
     dispatcher = Dispatcher(conversations, db, clock, concurrency=4 if db.is_sqlite else 16)
-    ingress = Ingress(db, dispatcher, clock)
+    ingress = Ingress(db, dispatcher, clock, metrics)
     for channel in channels.values():
         if hasattr(channel, "ingress"):
             channel.ingress = ingress  # type: ignore[attr-defined]
+        if hasattr(channel, "metrics"):
+            channel.metrics = metrics  # type: ignore[attr-defined]
     return Service(
-        settings, clock, db, calendar, flows, conversations, dispatcher, ingress, sender, channels
+        settings,
+        clock,
+        db,
+        calendar,
+        flows,
+        conversations,
+        dispatcher,
+        ingress,
+        sender,
+        metrics,
+        channels,
     )
 
 
@@ -125,6 +142,13 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    service = request.app[SERVICE]
+    body = await service.metrics.render(service.db)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 async def index(request: web.Request) -> web.Response:
     raise web.HTTPFound("/chat")
 
@@ -135,6 +159,7 @@ def build_app(service: Service) -> web.Application:
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_static("/static", HERE / "static")
     api = DossierApi(
         service.db, service.settings, service.clock, service.calendar, service.channels

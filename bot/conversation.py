@@ -21,6 +21,7 @@ from bot.clock import Clock
 from bot.config import Settings
 from bot.flowstore import FlowCache
 from bot.logs import mask
+from bot.metrics import Metrics
 from flows import engine
 from storage.db import Database
 from storage.models import Citizen, Conversation, InboxEvent, OutboxMessage
@@ -74,7 +75,9 @@ class ConversationService:
         clock: Clock,
         flows: FlowCache,
         on_outbox: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.db = db
         self.settings = settings
         self.clock = clock
@@ -105,7 +108,8 @@ class ConversationService:
                 if ev is None:
                     return False
                 event_id = ev.id
-                await self._apply(s, conv, ev, now)
+                with self.metrics.processing.time():
+                    await self._apply(s, conv, ev, now)
                 ev.status = "done"
                 ev.processed_at = now
         except Exception as exc:

@@ -5,13 +5,17 @@ from __future__ import annotations
 from bot.channels.base import Inbound
 from bot.clock import Clock
 from bot.dispatcher import Dispatcher
+from bot.metrics import Metrics
 from storage.db import Database
 from storage.models import InboxEvent
 from storage.ops import insert_ignore
 
 
 class Ingress:
-    def __init__(self, db: Database, dispatcher: Dispatcher, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, dispatcher: Dispatcher, clock: Clock, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics or Metrics()
         self.db = db
         self.dispatcher = dispatcher
         self.clock = clock
@@ -33,6 +37,7 @@ class Ingress:
         )
         async with self.db.transaction() as s:
             new_id = await insert_ignore(s, InboxEvent, values, ["channel", "platform_id"])
+        self.metrics.inbox.labels(event.channel, "duplicate" if new_id is None else "new").inc()
         if new_id is None:
             return False
         self.dispatcher.notify(event.channel, event.user_key)

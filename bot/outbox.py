@@ -26,6 +26,7 @@ from bot.channels.base import Channel, TemporaryFailure, Undeliverable
 from bot.clock import Clock
 from bot.config import OutboxSettings
 from bot.logs import mask
+from bot.metrics import Metrics
 from storage.db import Database
 from storage.models import OutboxMessage
 
@@ -49,8 +50,10 @@ class OutboxSender:
         clock: Clock,
         channels: Mapping[str, Channel],
         settings: OutboxSettings,
+        metrics: Metrics | None = None,
         idle_poll: float = 1.0,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.db = db
         self.clock = clock
         self.channels = channels
@@ -131,6 +134,7 @@ class OutboxSender:
                 params=[{"b_id": m.id, "b_at": self.clock.now(), "b_pid": pid} for m, pid in sent],
             )
         for m, _ in sent:
+            self.metrics.sent.labels(m.channel).inc()
             hook = getattr(self.channels[m.channel], "on_sent", None)
             if hook is not None:
                 hook(m)
@@ -152,6 +156,7 @@ class OutboxSender:
             sent.append((message, platform_id))
 
     async def _park(self, message: OutboxMessage, error: str) -> None:
+        self.metrics.parked.labels(message.channel).inc()
         log.error(
             "outbox message %s to %s on %s parked as failed after %s attempt(s): %s",
             message.id,
@@ -181,6 +186,7 @@ class OutboxSender:
         else:
             base = self.settings.backoff_base_seconds * 2 ** (message.attempts - 1)
             delay = min(self.settings.backoff_max_seconds, max(base, retry_after or 0.0))
+            self.metrics.retried.labels(message.channel).inc()
             log.warning(
                 "outbox message %s on %s failed (attempt %s), retrying in %.1fs: %s",
                 message.id,

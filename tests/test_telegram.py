@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp.test_utils import TestClient
 from sqlmodel import select
@@ -207,31 +208,35 @@ async def test_many_citizens_at_once_stay_within_telegrams_rate_limits(
     assert fake_telegram.violations() == []
 
 
-async def test_long_polling_when_no_webhook_is_configured(
+async def test_a_full_rating_over_long_polling_when_no_webhook_is_configured(
     db_url: str, clock: ManualClock, fake_telegram: FakeTelegram
 ) -> None:
-    _, http = await start(db_url, clock, telegram_env(fake_telegram, webhook=False))
+    service, http = await start(db_url, clock, telegram_env(fake_telegram, webhook=False))
+
+    async def answer(update: dict) -> Any:
+        """Queue an update for getUpdates and wait for the bot's reply."""
+        before = len(fake_telegram.sent_to(CITIZEN))
+        fake_telegram.queue_update(update)
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if len(fake_telegram.sent_to(CITIZEN)) > before:
+                return fake_telegram.sent_to(CITIZEN)[-1]
+        raise AssertionError("no reply over long polling")
+
     try:
-        fake_telegram.queue_update(
-            fake_telegram.start_update(CITIZEN, deep_link_payload(COMPLETED))
-        )
-        for _ in range(300):
-            await asyncio.sleep(0.02)
-            if fake_telegram.sent_to(CITIZEN):
-                break
+        message = await answer(fake_telegram.start_update(CITIZEN, deep_link_payload(COMPLETED)))
+        assert COMPLETED in message.text and len(message.buttons) == 5
+        for title in ["Hài lòng"] * 5 + ["Bỏ qua"]:
+            tap = next(b for b in message.buttons if b["text"] == title)
+            message = await answer(
+                fake_telegram.callback_update(CITIZEN, tap["callback_data"], message.message_id)
+            )
+        assert "Cảm ơn anh/chị đã dành thời gian đánh giá" in message.text
         await settle(http, clock=clock)
-        first = fake_telegram.sent_to(CITIZEN)[0]
-        assert COMPLETED in first.text and len(first.buttons) == 5
-        tap = next(b for b in first.buttons if b["text"] == "Hài lòng")
-        fake_telegram.queue_update(
-            fake_telegram.callback_update(CITIZEN, tap["callback_data"], first.message_id)
-        )
-        for _ in range(300):
-            await asyncio.sleep(0.02)
-            if len(fake_telegram.sent_to(CITIZEN)) == 2:
-                break
-        assert fake_telegram.sent_to(CITIZEN)[1].text.startswith("(2/5)")
-        assert fake_telegram.answered_callbacks
+        assert len(fake_telegram.answered_callbacks) == 6
+        async with service.db.sessions() as s:
+            rating = (await s.exec(select(Rating))).one()
+        assert rating.channel == "telegram" and rating.comment is None
     finally:
         await http.close()
 
@@ -251,3 +256,38 @@ async def test_the_dossier_api_returns_the_telegram_deep_link(telegram_bot: Bot)
     links = (await r.json())["dossier"]["links"]
     assert links["telegram"] == "https://t.me/hailong_test_bot?start=H42_15_01-261120-0042"
     assert links["chat"].endswith("/chat?start=H42.15.01-261120-0042")
+
+
+async def test_metrics_count_traffic_duplicates_and_refusals(
+    telegram_bot: Bot, fake_telegram: FakeTelegram, clock: ManualClock
+) -> None:
+    _, http = telegram_bot
+    citizen = TelegramCitizen(fake_telegram, http, clock)
+    update = fake_telegram.text_update(CITIZEN, "xin chào")
+    await citizen.deliver(update)
+    await citizen.deliver(update)
+    await citizen.deliver(fake_telegram.text_update(CITIZEN, "menu"), secret="forged-secret-00000")
+    await citizen.replies()
+    r = await http.get("/metrics")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    text = await r.text()
+    for line in (
+        'hailong_inbox_events_total{channel="telegram",result="new"} 1.0',
+        'hailong_inbox_events_total{channel="telegram",result="duplicate"} 1.0',
+        'hailong_webhook_rejected_total{channel="telegram",reason="secret"} 1.0',
+        'hailong_outbox_sent_total{channel="telegram"} 1.0',
+        'hailong_queue_length{queue="outbox",status="failed"} 0.0',
+    ):
+        assert line in text, line
+
+
+async def test_set_webhook_registers_the_url_and_secret(fake_telegram: FakeTelegram) -> None:
+    from bot.channels.telegram import Telegram
+    from tests.conftest import make_settings
+    from tests.telegram_users import SECRET, WEBHOOK_URL
+
+    settings = make_settings("sqlite:///unused.db", **telegram_env(fake_telegram)).telegram
+    assert await Telegram(settings).set_webhook() is True
+    assert fake_telegram.webhook is not None
+    assert fake_telegram.webhook.url == WEBHOOK_URL
+    assert fake_telegram.webhook.secret_token == SECRET

@@ -104,7 +104,9 @@ class Telegram:
 
     def __init__(self, settings: TelegramSettings) -> None:
         self.settings = settings
-        self.ingress: Any = None  # bot.ingress.Ingress, set when the service is built
+        # bot.ingress.Ingress and bot.metrics.Metrics, set when the service is built
+        self.ingress: Any = None
+        self.metrics: Any = None
         base = settings.api_base
         self.bot = Bot(
             settings.token,
@@ -162,6 +164,10 @@ class Telegram:
 
     # ---- ingress
 
+    def _rejected(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(NAME, reason).inc()
+
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/webhooks/telegram", self.webhook)]
 
@@ -171,12 +177,14 @@ class Telegram:
         expected = self.settings.secret_token
         if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
             log.warning("telegram webhook: wrong or missing secret token from %s", request.remote)
+            self._rejected("secret")
             return web.json_response({"error": "forbidden"}, status=403)
         try:
             data = await request.json()
             update = Update.de_json(data, self.bot)
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("telegram webhook: unreadable update dropped: %s", exc)
+            self._rejected("body")
             return web.json_response({"error": "not an update"}, status=400)
         await self.accept(update)
         return web.json_response({"ok": True})

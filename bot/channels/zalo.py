@@ -223,7 +223,9 @@ class ZaloOA:
     ) -> None:
         self.settings = settings
         self.timeout = timeout
-        self.ingress: Any = None  # bot.ingress.Ingress, set when the service is built
+        # bot.ingress.Ingress and bot.metrics.Metrics, set when the service is built
+        self.ingress: Any = None
+        self.metrics: Any = None
         self.tokens = ZaloTokens(db, settings, clock)
         self.limiter = AsyncLimiter(settings.rate_per_minute, 60)
         self.http: aiohttp.ClientSession | None = None
@@ -239,6 +241,10 @@ class ZaloOA:
 
     # ---- ingress
 
+    def _rejected(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(NAME, reason).inc()
+
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/webhooks/zalo", self.webhook)]
 
@@ -249,6 +255,7 @@ class ZaloOA:
             event = json.loads(raw)
         except ValueError:
             log.warning("zalo webhook: body is not JSON; dropped")
+            self._rejected("body")
             return web.json_response({"error": "not JSON"}, status=400)
         if event == {}:
             return web.json_response({"ok": True})  # the probe Zalo sends when the URL is saved
@@ -264,6 +271,7 @@ class ZaloOA:
                 request.remote,
                 str(event.get("event_name"))[:40],
             )
+            self._rejected("signature")
             return web.json_response({"error": "bad signature"}, status=401)
         inbound = self.to_inbound(event)
         if inbound is not None:

@@ -43,6 +43,7 @@ class ZaloBot:
     def __init__(self, settings: ZaloBotSettings) -> None:
         self.settings = settings
         self.ingress: Any = None
+        self.metrics: Any = None  # bot.metrics.Metrics, set when the service is built
         self.http: aiohttp.ClientSession | None = None
 
     def _url(self, method: str) -> str:
@@ -84,6 +85,10 @@ class ZaloBot:
 
     # ---- ingress
 
+    def _rejected(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(NAME, reason).inc()
+
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/webhooks/zalo-bot", self.webhook)]
 
@@ -91,6 +96,7 @@ class ZaloBot:
         given = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), self.settings.secret_token.encode()):
             log.warning("zalo bot webhook: wrong or missing secret token from %s", request.remote)
+            self._rejected("secret")
             return web.json_response({"error": "forbidden"}, status=403)
         try:
             update = await request.json()
