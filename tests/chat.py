@@ -109,6 +109,21 @@ class ChatClient:
         raise AssertionError(f"no button {title!r}; have {[b['title'] for b in self.buttons()]}")
 
 
+class PlatformCitizen:
+    """A person on a messaging platform whose fake records what the bot sent them."""
+
+    def __init__(self, fake: Any, http: TestClient, clock: ManualClock, user: Any) -> None:
+        self.fake, self.http, self.clock, self.user = fake, http, clock, user
+        self.seen = 0
+
+    async def replies(self) -> list[Any]:
+        """What the bot sent this person since the last call (after the app settled)."""
+        await settle(self.http, clock=self.clock)
+        sent = self.fake.sent_to(self.user)
+        new, self.seen = sent[self.seen :], len(sent)
+        return new
+
+
 def question(message: dict[str, Any]) -> str:
     """The last paragraph of a message: the question its buttons answer."""
     return str(message["text"]).split("\n\n")[-1]

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bot.app import Service, build_app, build_service
 from bot.clock import ManualClock
-from tests.chat import settle
+from tests.chat import PlatformCitizen
 from tests.conftest import make_settings
 from tests.factories import small_province
 from tests.fakes import FakeTelegram
@@ -41,24 +41,17 @@ async def start(db_url: str, clock: ManualClock, env: dict[str, str]) -> tuple[S
     return service, http
 
 
-class TelegramCitizen:
+class TelegramCitizen(PlatformCitizen):
     """A Telegram user whose updates are delivered to our webhook like Telegram does."""
 
     def __init__(
         self, fake: FakeTelegram, http: TestClient, clock: ManualClock, user: int = CITIZEN
     ) -> None:
-        self.fake, self.http, self.clock, self.user = fake, http, clock, user
+        super().__init__(fake, http, clock, user)
         self.url = str(http.make_url("/webhooks/telegram"))
-        self.seen = 0
 
     async def deliver(self, update: dict[str, Any], secret: str | None = SECRET) -> int:
         return await self.fake.post_webhook(self.url, update, secret_token=secret)
-
-    async def replies(self) -> list[Any]:
-        await settle(self.http, clock=self.clock)
-        sent = self.fake.sent_to(self.user)
-        new, self.seen = sent[self.seen :], len(sent)
-        return new
 
     async def say(self, text: str) -> list[Any]:
         assert await self.deliver(self.fake.text_update(self.user, text)) == 200

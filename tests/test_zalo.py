@@ -17,7 +17,7 @@ from bot.channels.zalo import ZaloOA, ZaloTokens
 from bot.clock import ManualClock
 from storage.db import Database
 from storage.models import ChannelToken, InboxEvent, OutboxMessage, Rating
-from tests.chat import settle
+from tests.chat import PlatformCitizen, settle
 from tests.conftest import make_settings
 from tests.factories import COMPLETED, small_province
 from tests.fakes import FakeZalo
@@ -57,25 +57,18 @@ async def bot(db_url: str, clock: ManualClock, fake: FakeZalo) -> AsyncIterator[
     await http.close()
 
 
-class Citizen:
+class Citizen(PlatformCitizen):
     """A Zalo user whose events reach our webhook signed, as Zalo sends them."""
 
     def __init__(
         self, fake: FakeZalo, http: TestClient, clock: ManualClock, user: str = USER
     ) -> None:
-        self.fake, self.http, self.clock, self.user = fake, http, clock, user
+        super().__init__(fake, http, clock, user)
         self.url = str(http.make_url("/webhooks/zalo"))
-        self.seen = 0
 
     async def deliver(self, event: dict[str, Any] | bytes, **kw: Any) -> int:
         status, _ = await self.fake.post_webhook(self.url, event, **kw)
         return status
-
-    async def replies(self) -> list[Any]:
-        await settle(self.http, clock=self.clock)
-        sent = self.fake.sent_to(self.user)
-        new, self.seen = sent[self.seen :], len(sent)
-        return new
 
     async def say(self, text: str) -> list[Any]:
         assert await self.deliver(self.fake.text_event(self.user, text)) == 200
