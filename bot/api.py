@@ -26,19 +26,13 @@ from bot.dossiers import (
 )
 from bot.links import dossier_links
 from bot.logs import mask
+from bot.web import json_error
 from bot.workdays import WorkCalendar
 from nlu.text import find_dossier_code
 from storage.db import Database
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
-
-
-def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if field:
-        body["field"] = field
-    return web.json_response(body, status=status)
 
 
 def _text(data: dict[str, Any], key: str, max_len: int, required: bool = True) -> str | None:
@@ -135,13 +129,13 @@ class DossierApi:
                 if not self.settings.api.token
                 else "wrong or missing bearer token"
             )
-            return _error(401, reason)
+            return json_error(401, reason)
         if (request.content_length or 0) > MAX_BODY:
-            return _error(413, f"body larger than {MAX_BODY} bytes")
+            return json_error(413, f"body larger than {MAX_BODY} bytes")
         try:
             data = await request.json()
         except ValueError:
-            return _error(400, "body is not valid JSON", "body")
+            return json_error(400, "body is not valid JSON", "body")
         try:
             ev = parse_event(data)
             async with self.db.transaction() as s:
@@ -150,7 +144,7 @@ class DossierApi:
                     dossier, dossier_links(self.settings, dossier.code, self.channels)
                 )
         except Rejected as exc:
-            return _error(exc.status, str(exc), exc.field)
+            return json_error(exc.status, str(exc), exc.field)
         log.info(
             "dossier %s event %s %s (citizen phone %s)",
             ev.code,

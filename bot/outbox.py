@@ -1,5 +1,8 @@
 """Egress: deliver outbox messages through their channel, in order per recipient.
 
+Each channel has its own sending loop, so a slow or rate-limited platform never delays
+another one's messages.
+
 A round claims the first unsent message of each recipient (and the due messages right
 behind it), marks them `sending` with a lease, sends them in order, and records each
 result. A failure puts the message back with a growing delay (or the platform's
@@ -15,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, exists, or_, tuple_, update
@@ -59,13 +62,14 @@ class OutboxSender:
         self.channels = channels
         self.settings = settings
         self.idle_poll = idle_poll
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._wakes: dict[str, asyncio.Event] = {name: asyncio.Event() for name in channels}
+        self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
-        self._wake.set()
+        for event in self._wakes.values():
+            event.set()
 
-    async def claim(self) -> list[OutboxMessage]:
+    async def claim(self, channels: Collection[str] | None = None) -> list[OutboxMessage]:
         """Take due messages: each recipient's first unsent one and those right behind it."""
         now = self.clock.now()
         o = OutboxMessage
@@ -80,7 +84,9 @@ class OutboxSender:
             heads = list(
                 await s.exec(
                     select(o)
-                    .where(_claimable(o, now), ~unsent_before, o.channel.in_(self.channels))  # type: ignore[attr-defined]
+                    .where(
+                        _claimable(o, now), ~unsent_before, o.channel.in_(channels or self.channels)
+                    )  # type: ignore[attr-defined]
                     .order_by(o.id)  # type: ignore[arg-type]
                     .limit(BATCH)
                     .with_for_update(skip_locked=True)
@@ -218,29 +224,34 @@ class OutboxSender:
                     )
                 )
 
-    async def run_once(self) -> int:
+    async def run_once(self, channels: Collection[str] | None = None) -> int:
         """One round: claim and deliver; returns how many messages were claimed."""
-        claimed = await self.claim()
+        claimed = await self.claim(channels)
         if claimed:
             await self.deliver(claimed)
         return len(claimed)
 
-    async def _run_forever(self) -> None:
+    async def _run_forever(self, channel: str) -> None:
+        """One loop per channel: a platform that is slow or pacing never holds up another."""
+        wake = self._wakes[channel]
         while True:
-            self._wake.clear()
+            wake.clear()
             try:
-                if await self.run_once():
+                if await self.run_once([channel]):
                     continue
             except Exception:
-                log.exception("outbox round failed; trying again shortly")
+                log.exception("outbox round on %s failed; trying again shortly", channel)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+                await asyncio.wait_for(wake.wait(), self.idle_poll)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="outbox-sender")
+        self._tasks = [
+            asyncio.create_task(self._run_forever(name), name=f"outbox-{name}")
+            for name in self.channels
+        ]
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

@@ -15,11 +15,13 @@ from collections import defaultdict
 from typing import Any
 
 from aiohttp import web
+from aiohttp_jinja2 import render_template
 from sqlmodel import select
 
 from bot.channels.base import Inbound
 from bot.config import Settings
 from bot.ingress import Ingress
+from bot.web import json_error
 from storage.db import Database
 from storage.models import InboxEvent, OutboxMessage
 
@@ -30,13 +32,6 @@ MAX_BODY = 64 * 1024
 LONG_POLL_MAX = 25.0
 # How often a waiting poll looks at the table anyway (another process may have sent).
 RECHECK = 2.0
-
-
-def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if field:
-        body["field"] = field
-    return web.json_response(body, status=status)
 
 
 class WebChat:
@@ -76,8 +71,6 @@ class WebChat:
 
     async def page(self, request: web.Request) -> web.Response:
         """The chat page; `?start=<dossier code>` opens straight on that dossier's rating."""
-        from aiohttp_jinja2 import render_template
-
         lang = request.query.get("lang", self.settings.chat.default_language)
         response = render_template(
             "chat.html",
@@ -103,20 +96,20 @@ class WebChat:
         """One message from the browser: {id, text} or {id, payload, title, turn} or {id, start}."""
         user = self._user(request)
         if user is None:
-            return _error(401, "no chat session: open /chat first")
+            return json_error(401, "no chat session: open /chat first")
         if request.content_type != "application/json":
-            return _error(415, "send JSON (Content-Type: application/json)")
+            return json_error(415, "send JSON (Content-Type: application/json)")
         if (request.content_length or 0) > MAX_BODY:
-            return _error(413, f"message too large (at most {MAX_BODY} bytes)")
+            return json_error(413, f"message too large (at most {MAX_BODY} bytes)")
         try:
             data = await request.json()
         except ValueError:
-            return _error(400, "body is not valid JSON")
+            return json_error(400, "body is not valid JSON")
         if not isinstance(data, dict):
-            return _error(400, "body must be a JSON object")
+            return json_error(400, "body must be a JSON object")
         msg_id = data.get("id")
         if not isinstance(msg_id, str) or not _ID.match(msg_id):
-            return _error(400, "id must be 8–64 letters, digits, - or _", "id")
+            return json_error(400, "id must be 8–64 letters, digits, - or _", "id")
         lang = data.get("lang") if data.get("lang") in ("vi", "en") else None
         event = self._to_inbound(user, msg_id, data, lang)
         if isinstance(event, web.Response):
@@ -132,20 +125,20 @@ class WebChat:
         if "start" in data:
             start = data["start"]
             if not isinstance(start, str) or len(start) > 64:
-                return _error(400, "start must be text of at most 64 characters", "start")
+                return json_error(400, "start must be text of at most 64 characters", "start")
             return Inbound(kind="start", payload=start or None, **base)
         if "payload" in data:
             payload, title, turn = data["payload"], data.get("title", ""), data.get("turn")
             if not isinstance(payload, str) or not 0 < len(payload.encode()) <= 64:
-                return _error(400, "payload must be 1–64 bytes of text", "payload")
+                return json_error(400, "payload must be 1–64 bytes of text", "payload")
             if not isinstance(title, str) or len(title) > 200:
-                return _error(400, "title must be text of at most 200 characters", "title")
+                return json_error(400, "title must be text of at most 200 characters", "title")
             if turn is not None and (not isinstance(turn, int) or isinstance(turn, bool)):
-                return _error(400, "turn must be an integer", "turn")
+                return json_error(400, "turn must be an integer", "turn")
             return Inbound(kind="button", payload=payload, text=title or payload, turn=turn, **base)
         text = data.get("text")
         if not isinstance(text, str):
-            return _error(400, "text must be a string", "text")
+            return json_error(400, "text must be a string", "text")
         return Inbound(kind="text", text=text, **base)
 
     async def get_messages(self, request: web.Request) -> web.Response:
@@ -155,12 +148,12 @@ class WebChat:
         """
         user = self._user(request)
         if user is None:
-            return _error(401, "no chat session: open /chat first")
+            return json_error(401, "no chat session: open /chat first")
         try:
             after = int(request.query.get("after", "0"))
             wait = min(float(request.query.get("wait", "0")), LONG_POLL_MAX)
         except ValueError:
-            return _error(400, "after must be an integer and wait a number of seconds")
+            return json_error(400, "after must be an integer and wait a number of seconds")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait, 0.0)
         waiter = asyncio.Event()
