@@ -153,10 +153,6 @@ class Result:
         last = self.effects[-1] if self.effects else None
         return last if isinstance(last, Call) else None
 
-    @property
-    def sends(self) -> list[Send]:
-        return [e for e in self.effects if isinstance(e, Send)]
-
 
 @dataclass(frozen=True)
 class Library:
