@@ -19,9 +19,9 @@ rate, complain, ask_status, formal_complaint, affirm, deny, thanks) have no fiel
 Metrics reported for every system:
   field     "complaint step" view: gold complaint examples only, predicted field = argmax of
             the summed field confidences (what the bot uses once it knows it holds a
-            complaint). Per-field P/R/F1, macro-F1 over the 4 fields, confusion matrix.
+            complaint). Per-field P/R/F1, macro-F1 over the fields, confusion matrix.
   field@top "main menu" view: every example; predicted field = field of the top intent or
-            "menu" when the top intent is a menu intent. Macro-F1 over the 4 fields.
+            "menu" when the top intent is a menu intent. Macro-F1 over the fields.
   category  gold complaint examples; argmax of summed category confidences; accuracy and
             macro-F1 over procedure/conduct.
   intent    top-intent accuracy and macro-F1 over all intents.
@@ -62,7 +62,9 @@ if str(HERE) not in sys.path:
 import numpy as np  # noqa: E402
 from components.vi_text import fold_vi, has_diacritics  # noqa: E402
 
-FIELDS = ["land", "construction", "judicial", "other"]
+# The fields are those of the training data ("<field>+<category>" intents; see
+# set_fields): a field added with its data file is scored like the shipped ones.
+FIELDS = ["land", "construction", "judicial_records", "other"]
 CATEGORIES = ["procedure", "conduct"]
 MENU = "menu"
 
@@ -77,6 +79,13 @@ def load_examples(path: str) -> list[tuple[str, str]]:
     for m in td.intent_examples:
         out.append((unicodedata.normalize("NFC", m.get("text")), m.get("intent")))
     return out
+
+
+def set_fields(intents) -> None:
+    """FIELDS := the fields of these intents, the shipped ones first, then the others."""
+    global FIELDS
+    found = {i.split("+")[0] for i in intents if "+" in i}
+    FIELDS = [f for f in FIELDS if f in found] + sorted(found - set(FIELDS))
 
 
 def field_of(intent: str) -> str:
@@ -328,12 +337,11 @@ def fmt_block(name: str, res: dict) -> str:
             + "  ".join(f"{k}: F1 {v['f1']:.2f}" for k, v in fn["per_label"].items())
         )
     cm = f["confusion"]
-    lines.append(
-        "    confusion (rows gold, cols predicted): "
-        + " ".join(f"{x[:5]:>6s}" for x in cm["labels"])
-    )
+    width = max(12, *(len(x) for x in cm["labels"]))
+    lines.append("    confusion (rows gold, cols predicted):")
+    lines.append(f"      {'':>{width}s} " + " ".join(f"{x[:5]:>6s}" for x in cm["labels"]))
     for lab, row in zip(cm["labels"], cm["matrix"], strict=True):
-        lines.append(f"      {lab:>12s} " + " ".join(f"{v:6d}" for v in row))
+        lines.append(f"      {lab:>{width}s} " + " ".join(f"{v:6d}" for v in row))
     return "\n".join(lines)
 
 
@@ -401,6 +409,7 @@ def main(argv=None) -> int:
         systems += [BaselineSystem("baseline"), BaselineSystem("baseline+fold", fold=True)]
 
     examples = load_examples(args.data)
+    set_fields(i for _, i in examples)
     out: dict[str, object] = {
         "data": args.data,
         "n_examples": len(examples),
@@ -457,7 +466,7 @@ def main(argv=None) -> int:
             )
         out["cv"] = cv_results
         text_report.append(
-            "\nCV side by side (macro-F1 over the 4 fields; category over procedure/conduct):"
+            "\nCV side by side (macro-F1 over the fields; category over procedure/conduct):"
         )
         text_report.append(side_by_side(cv_results))
 

@@ -15,8 +15,14 @@ VENV="${RASA_VENV:-$ROOT/.rasa-venv}"
 LOCK="$HERE/requirements-rasa.lock"
 STAMP="$VENV/.lock-sha256"
 
-if ! command -v uv >/dev/null 2>&1; then
-    echo "setup_env: 'uv' is not on PATH. Install it (pip install uv) and retry." >&2
+# uv: on PATH, or the one ./hailong installs into .tools/venv.
+if command -v uv >/dev/null 2>&1; then
+    UV="$(command -v uv)"
+elif [ -x "$ROOT/.tools/venv/bin/uv" ]; then
+    UV="$ROOT/.tools/venv/bin/uv"
+else
+    echo "setup_env: 'uv' is neither on PATH nor in $ROOT/.tools/venv/bin." >&2
+    echo "Run ./hailong once (it installs uv there), or install uv (pip install uv), and retry." >&2
     exit 2
 fi
 [ -f "$LOCK" ] || { echo "setup_env: missing $LOCK" >&2; exit 2; }
@@ -47,7 +53,7 @@ if [ ! -x "$VENV/bin/python" ]; then
             if [ -x "$cand/bin/python" ]; then PY310="$cand/bin/python"; break; fi
         done
     fi
-    if ! uv venv --python "${PY310:-3.10}" "$VENV"; then
+    if ! "$UV" venv --python "${PY310:-3.10}" "$VENV"; then
         rm -rf "$VENV"
         cat >&2 <<'EOF'
 setup_env: no Python 3.10 interpreter could be found or downloaded.
@@ -64,7 +70,7 @@ echo "setup_env: installing requirements-rasa.lock into $VENV"
 start=$(date +%s)
 # --no-config: ignore any user/system uv config (indexes, constraints) so the lock is the
 # single source of truth.
-uv pip install --no-config --python "$VENV/bin/python" -r "$LOCK"
+"$UV" pip install --no-config --python "$VENV/bin/python" -r "$LOCK"
 end=$(date +%s)
 
 # Telemetry off for this environment (the server is also started with

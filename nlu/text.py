@@ -77,3 +77,14 @@ def find_dossier_code(text: str) -> str | None:
             agency = re.sub(r"\s+", "", m["agency"]).replace("_", ".")
             return f"{agency}-{m['date']}-{m['seq']}"
     return None
+
+
+# A feedback receipt code: PAKN.YYYYMMDD.NNNN ("pakn 20261123 0001" is accepted too).
+_REPORT_CODE = re.compile(r"(?<![A-Z0-9])PAKN\s*[._-]?\s*(\d{8})\s*[._-]?\s*(\d{4,6})(?![0-9])")
+REPORT_CODE_EXAMPLE = "PAKN.20261123.0001"
+
+
+def find_report_code(text: str) -> str | None:
+    """The first feedback receipt code in `text`, normalised to PAKN.YYYYMMDD.NNNN."""
+    m = _REPORT_CODE.search(nfc(text).upper())
+    return f"PAKN.{m[1]}.{m[2]}" if m else None
