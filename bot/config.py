@@ -237,6 +237,55 @@ class DemoSettings(_Section):
     seed: int = 2025
 
 
+class NluSettings(_Section):
+    """The Rasa server the bot asks to classify free text (POST /model/parse)."""
+
+    # Start (and train, if no model exists) a Rasa server with the bot and stop it on exit.
+    autostart: bool = True
+    # Where the Rasa server listens; with autostart it is started on this loopback port.
+    url: str = "http://127.0.0.1:5005"
+    # Rasa's --auth-token; empty with autostart = a random one for each run.
+    token: str = ""
+    # The model the server loads (relative to the config file); trained when missing.
+    model: str = "nlu/models/hailong-nlu.tar.gz"
+    # The Rasa pipeline used by `nlu train` (relative to the config file).
+    config: str = "nlu/config.yml"
+    # Give up on one classification after this long: the citizen picks the field instead.
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
+    # At most this many classifications in flight at once (Rasa parses one at a time).
+    max_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
+    # After this many failures in a row, stop asking Rasa for `breaker_reset_seconds`.
+    breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 3
+    breaker_reset_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Below this field confidence the citizen picks the field from buttons.
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
+    # Seconds to wait for a started server to answer /status with its model loaded.
+    start_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 180.0
+    # How often reports stored while Rasa was unavailable are classified again.
+    backfill_every_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _base_url(v)
+
+    @model_validator(mode="after")
+    def _loopback_when_started(self) -> NluSettings:
+        host = self.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+        if self.autostart and host not in ("127.0.0.1", "localhost", "[::1]"):
+            raise ValueError(
+                "autostart starts Rasa on this machine's loopback: url must be "
+                "http://127.0.0.1:<port> (or set autostart = false for a remote Rasa)"
+            )
+        return self
+
+    @property
+    def port(self) -> int:
+        hostport = self.url.split("://", 1)[1].split("/", 1)[0]
+        _, _, port = hostport.rpartition(":")
+        return int(port) if port.isdigit() else (443 if self.url.startswith("https") else 80)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -254,6 +303,7 @@ class Settings(_Section):
     rating: RatingSettings
     outbox: OutboxSettings = OutboxSettings()
     workdays: WorkdaySettings = WorkdaySettings()
+    nlu: NluSettings = NluSettings()
     demo: DemoSettings = DemoSettings()
     log: LogSettings = LogSettings()
 

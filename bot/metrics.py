@@ -51,6 +51,18 @@ class Metrics:
             registry=r,
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self.nlu = Counter(
+            "hailong_nlu_requests",
+            "Classifications asked of Rasa by result (ok, timeout, error, busy, open, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.nlu_seconds = Histogram(
+            "hailong_nlu_seconds",
+            "Time of one classification by Rasa, as the bot sees it.",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.queue = Gauge(
             "hailong_queue_length",
             "Rows waiting, by queue and status (read at scrape).",
