@@ -54,6 +54,7 @@ async def start_bot(db_url: str, port: int) -> asyncio.subprocess.Process:
         "HAILONG_SERVER_PORT": str(port),
         "HAILONG_API_TOKEN": TOKEN,
         "HAILONG_LOG_LEVEL": "WARNING",
+        "HAILONG_NLU_AUTOSTART": "false",  # the rating flow does not need Rasa
         "PYTHONUNBUFFERED": "1",
     }
     proc = await asyncio.create_subprocess_exec(

@@ -7,9 +7,13 @@ browser ─POST /chat/api/events─▶ WebChat ─▶ Ingress (inbox) ─▶ Dis
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -17,6 +21,7 @@ from aiohttp import web
 from sqlalchemy import func, text
 from sqlmodel import select
 
+from bot import backfill
 from bot.api import DossierApi
 from bot.channels.base import Channel
 from bot.channels.telegram import Telegram
@@ -30,6 +35,7 @@ from bot.dispatcher import Dispatcher
 from bot.flowstore import FlowCache, seed_flows
 from bot.ingress import Ingress
 from bot.metrics import CONTENT_TYPE, Metrics
+from bot.nlu import NluClient
 from bot.outbox import OutboxSender
 from bot.workdays import WorkCalendar
 from storage.db import Database
@@ -53,7 +59,11 @@ class Service:
     ingress: Ingress
     sender: OutboxSender
     metrics: Metrics
+    nlu: NluClient
     channels: dict[str, Channel] = field(default_factory=dict)
+    # The Rasa server this process started ([nlu] autostart), if any.
+    rasa: Any = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 SERVICE = web.AppKey("service", Service)
@@ -75,9 +85,12 @@ def build_service(
     if settings.zalo_bot.enabled:
         channels["zalo_bot"] = ZaloBot(settings.zalo_bot)
     metrics = Metrics()
+    # A Rasa server started by this process gets a fresh token unless one is configured.
+    token = settings.nlu.token or (secrets.token_urlsafe(24) if settings.nlu.autostart else "")
+    nlu = NluClient(settings.nlu, metrics, token=token)
     sender = OutboxSender(db, clock, channels, settings.outbox, metrics)
     conversations = ConversationService(
-        db, settings, clock, flows, on_outbox=sender.wake, metrics=metrics
+        db, settings, clock, flows, on_outbox=sender.wake, metrics=metrics, nlu=nlu
     )
     dispatcher = Dispatcher(conversations, db, clock, concurrency=4 if db.is_sqlite else 16)
     ingress = Ingress(db, dispatcher, clock, metrics)
@@ -97,6 +110,7 @@ def build_service(
         ingress,
         sender,
         metrics,
+        nlu,
         channels,
     )
 
@@ -190,16 +204,38 @@ async def start_service(service: Service) -> None:
             await start()
     service.dispatcher.start()
     service.sender.start()
+    if service.settings.nlu.autostart and service.rasa is None:
+        from bot.rasa import RasaServer
+
+        service.rasa = RasaServer(service.settings, service.nlu.token)
+        await service.rasa.start()
+    service.tasks.append(
+        asyncio.create_task(
+            backfill.run_forever(
+                service.db, service.nlu, service.settings.nlu.backfill_every_seconds
+            ),
+            name="nlu-backfill",
+        )
+    )
 
 
 async def stop_service(service: Service) -> None:
     """Let the conversations under way finish, stop sending, disconnect."""
+    for task in service.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    service.tasks.clear()
     await service.dispatcher.stop()
     await service.sender.stop()
     for channel in service.channels.values():
         stop = getattr(channel, "stop", None)
         if stop is not None:
             await stop()
+    if service.rasa is not None:
+        await service.rasa.stop()
+        service.rasa = None
+    await service.nlu.close()
     await service.db.dispose()
 
 

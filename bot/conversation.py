@@ -4,6 +4,12 @@ Takes the oldest pending inbox event of a conversation (the conversation row is 
 so events of one conversation are handled one at a time and in order, even with several
 processes), runs the flow engine and the actions it asks for, and writes the new state,
 the domain rows and the outgoing messages together.
+
+External actions (asking Rasa) never run inside that transaction. Before it opens, the
+engine is run once on a snapshot of the conversation ("look-ahead"): each external action
+it reaches is carried out then, and its outcome is kept. Inside the transaction the same
+call (same action, same arguments) takes the kept outcome; a call the look-ahead did not
+foresee (the conversation moved in between) gets the action's "unavailable" outcome.
 """
 
 from __future__ import annotations
@@ -15,13 +21,22 @@ from datetime import datetime
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.actions import ActionContext, run_action
+from bot.actions import (
+    ActionContext,
+    ExternalContext,
+    is_external,
+    is_pure,
+    offline,
+    run_action,
+    run_external,
+)
 from bot.channels.base import message_body
 from bot.clock import Clock
 from bot.config import Settings
 from bot.flowstore import FlowCache
 from bot.logs import mask
 from bot.metrics import Metrics
+from bot.nlu import NluClient
 from flows import engine
 from storage.db import Database
 from storage.models import Citizen, Conversation, InboxEvent, OutboxMessage
@@ -39,6 +54,12 @@ APOLOGY = {
 
 
 MERGE_UP_TO = 1500  # characters; keeps a merged message under Zalo's 2,000
+
+CallKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def call_key(call: engine.Call) -> CallKey:
+    return call.action, tuple(sorted(call.args.items()))
 
 
 def merge_sends(sends: list[engine.Send]) -> list[engine.Send]:
@@ -76,8 +97,10 @@ class ConversationService:
         flows: FlowCache,
         on_outbox: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        nlu: NluClient | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.nlu = nlu
         self.db = db
         self.settings = settings
         self.clock = clock
@@ -93,6 +116,7 @@ class ConversationService:
         now = self.clock.now()
         event_id: int | None = None
         try:
+            known = await self._look_ahead(channel, user_key, now)
             async with self.db.transaction() as s:
                 conv = await self._lock_conversation(s, channel, user_key, now)
                 ev = await s.scalar(
@@ -109,7 +133,7 @@ class ConversationService:
                     return False
                 event_id = ev.id
                 with self.metrics.processing.time():
-                    await self._apply(s, conv, ev, now)
+                    await self._apply(s, conv, ev, now, known)
                 ev.status = "done"
                 ev.processed_at = now
         except Exception as exc:
@@ -150,22 +174,83 @@ class ConversationService:
         assert conv is not None
         return conv
 
-    async def _apply(
-        self, s: AsyncSession, conv: Conversation, ev: InboxEvent, now: datetime
-    ) -> None:
+    async def _look_ahead(
+        self, channel: str, user_key: str, now: datetime
+    ) -> dict[CallKey, engine.ActionDone]:
+        """Carry out, outside any transaction, the external actions the next event needs."""
+        known: dict[CallKey, engine.ActionDone] = {}
+        async with self.db.sessions() as s:
+            ev = await s.scalar(
+                select(InboxEvent)
+                .where(
+                    InboxEvent.channel == channel,
+                    InboxEvent.user_key == user_key,
+                    InboxEvent.status == "pending",
+                )
+                .order_by(InboxEvent.id)  # type: ignore[arg-type]
+                .limit(1)
+            )
+            if ev is None or ev.kind != "text":
+                return known  # only typed text can lead to an external action
+            conv = await s.scalar(
+                select(Conversation).where(
+                    Conversation.channel == channel, Conversation.user_key == user_key
+                )
+            )
+            lang = conv.lang if conv else self.settings.chat.default_language
+            lib = await self.flows.library(s, conv.flow_version_id if conv else None)
+        state = self._state(conv, ev, lang)
+        result = engine.handle(lib, state, to_engine_event(ev), now)
+        while (call := result.call) is not None and (
+            is_external(call.action) or is_pure(call.action)
+        ):
+            done = await run_external(self._external_context(lib), call.action, call.args)
+            if is_external(call.action):
+                known[call_key(call)] = done
+            result = engine.handle(lib, result.state, done, now)
+        return known
+
+    def _external_context(self, lib: engine.Library) -> ExternalContext:
+        return ExternalContext(self.settings, self.nlu, list(lib.lists.get("fields", [])))
+
+    @staticmethod
+    def _state(conv: Conversation | None, ev: InboxEvent, lang: str) -> engine.State:
+        if conv is None:
+            return engine.State(lang=ev.lang if ev.lang in ("vi", "en") else lang)
         if ev.lang in ("vi", "en") and (ev.kind == "start" or conv.step is None):
-            conv.lang = ev.lang
-        lib = await self.flows.library(s, conv.flow_version_id)
-        state = engine.State(
-            lang=conv.lang,
+            lang = ev.lang
+        return engine.State(
+            lang=lang,
             version=conv.flow_version_id,
             step=conv.step,
             vars=conv.vars,
             updated_at=None if conv.step is None else conv.updated_at,
         )
+
+    async def _apply(
+        self,
+        s: AsyncSession,
+        conv: Conversation,
+        ev: InboxEvent,
+        now: datetime,
+        known: dict[CallKey, engine.ActionDone] | None = None,
+    ) -> None:
+        if ev.lang in ("vi", "en") and (ev.kind == "start" or conv.step is None):
+            conv.lang = ev.lang
+        lib = await self.flows.library(s, conv.flow_version_id)
+        state = self._state(conv, ev, conv.lang)
         result = engine.handle(lib, state, to_engine_event(ev), now)
         effects = list(result.effects)
         while (call := result.call) is not None:
+            if is_external(call.action) or is_pure(call.action):
+                if is_external(call.action):
+                    done = (known or {}).get(call_key(call)) or offline(call.action)
+                else:
+                    ext = self._external_context(lib)
+                    done = await run_external(ext, call.action, call.args)
+                result = engine.handle(lib, result.state, done, now)
+                effects.extend(result.effects)
+                continue
             ctx = ActionContext(
                 s,
                 self.settings,

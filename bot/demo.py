@@ -35,6 +35,7 @@ from storage.models import (
     Procedure,
     Rating,
     RatingAnswer,
+    Route,
 )
 
 DOSSIER_COUNT = 400
@@ -227,6 +228,8 @@ class ProcedureSpec:
 
 
 BRANCHES = ["vpdk_viettri", "vpdk_hoabinh"]
+# Communes served by the Hòa Bình branch of the land registration office (the rest: Việt Trì).
+LAND_BRANCH_HOA_BINH = ("Hòa Bình", "Thanh Sơn")
 ECON = [f"c{i}_econ" for i in range(1, len(COMMUNES) + 1)]
 DESK = [f"c{i}_desk" for i in range(1, len(COMMUNES) + 1)]
 HANDLERS: dict[str, list[str]] = {
@@ -519,6 +522,7 @@ class _Generator:
 
         await self._fields()
         await self._agencies()
+        await self._routes()
         await self._procedures()
         planned, try_items, pending = await self._dossiers()
         ratings, rated = await self._ratings(planned)
@@ -534,6 +538,28 @@ class _Generator:
         )
 
     # ------------------------------------------------------------ reference data
+
+    async def _routes(self) -> None:
+        """The routing table: field × commune → competent agency (DOMAIN.md)."""
+        if (await self.session.exec(select(Route.id).limit(1))).first() is not None:
+            return  # an admin's table is never touched
+        a = self.agencies
+        rows = [
+            Route(field="land", agency_id=a["vpdk"].id),
+            Route(field="construction", agency_id=a["so_xd"].id),
+            Route(field="judicial_records", agency_id=a["police"].id),
+            Route(field="other", agency_id=a["office"].id),
+        ]
+        for i, (name, _, _) in enumerate(COMMUNES, 1):
+            commune = a[f"c{i}"]
+            branch = "vpdk_hoabinh" if name in LAND_BRANCH_HOA_BINH else "vpdk_viettri"
+            rows += [
+                Route(field="land", commune_id=commune.id, agency_id=a[branch].id),
+                Route(field="construction", commune_id=commune.id, agency_id=a[f"c{i}_econ"].id),
+                Route(field="other", commune_id=commune.id, agency_id=a[f"c{i}_desk"].id),
+            ]
+        self.session.add_all(rows)
+        await self.session.flush()
 
     async def _fields(self) -> None:
         """The four fields, unless something else seeded them already."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from bot.config import Settings
 from flows.engine import Library
 from flows.model import FlowDef
 from flows.validate import parse_flow, validate_flow
-from storage.models import Flow, FlowVersion
+from storage.models import FieldOfWork, Flow, FlowVersion
 
 FLOW_DIR = Path(__file__).resolve().parent.parent / "flows" / "data"
 SEED_AUTHOR = "seed:flows/data"
@@ -39,9 +40,22 @@ def read_flow_files(folder: Path = FLOW_DIR) -> dict[str, dict[str, Any]]:
     return out
 
 
+# The fields a new database starts with (migration 0001); the running bot offers the
+# fields in the table, which admins can extend.
+DEFAULT_FIELDS = [
+    {"value": "land", "label": {"vi": "Đất đai", "en": "Land"}},
+    {"value": "construction", "label": {"vi": "Xây dựng", "en": "Construction"}},
+    {"value": "judicial_records", "label": {"vi": "Lý lịch tư pháp", "en": "Judicial records"}},
+    {"value": "other", "label": {"vi": "Lĩnh vực khác", "en": "Other"}},
+]
+FIELDS_TTL_SECONDS = 30.0
+
+
 def configured_lists(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """The lists flows can iterate or offer as choices: the rating scale and criteria."""
+    """The lists flows can iterate or offer as choices: the rating scale and criteria,
+    and the fields of a complaint."""
     return {
+        "fields": DEFAULT_FIELDS,
         "scale": [
             {"value": lv.value, "label": {"vi": lv.vi, "en": lv.en}, "counts_as": lv.counts_as}
             for lv in settings.rating.scale
@@ -185,9 +199,21 @@ class FlowCache:
         self.lists = configured_lists(settings)
         self.limits = configured_limits(settings)
         self.idle_reset = timedelta(minutes=settings.conversation.idle_reset_minutes)
+        self._fields_at = float("-inf")
+
+    async def _refresh_fields(self, session: AsyncSession) -> None:
+        """Re-read the fields (an admin may add one) at most every FIELDS_TTL_SECONDS."""
+        if time.monotonic() - self._fields_at < FIELDS_TTL_SECONDS:
+            return
+        rows = await session.exec(select(FieldOfWork).order_by(FieldOfWork.position))  # type: ignore[arg-type]
+        fields = [{"value": f.key, "label": {"vi": f.name_vi, "en": f.name_en}} for f in rows]
+        if fields:
+            self.lists = {**self.lists, "fields": fields}
+        self._fields_at = time.monotonic()
 
     async def library(self, session: AsyncSession, pinned: int | None) -> Library:
         """Everything the engine may read for one event, loaded inside its transaction."""
+        await self._refresh_fields(session)
         pointers = {f.id: f.current_version_id for f in await session.exec(select(Flow))}
         wanted = set(pointers.values()) | ({pinned} if pinned else set())
         missing = wanted - self._defs.keys()

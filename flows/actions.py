@@ -3,6 +3,13 @@
 Flows name actions; the service carries them out (bot/actions.py) inside the same
 transaction as the conversation state and the outgoing messages. Declaring the outcomes
 here lets the validator check that a flow handles every one of them.
+
+An `external` action asks a service outside the database (Rasa) and touches no table: it
+runs before the transaction opens, so a slow Rasa never holds a transaction (see
+bot/conversation.py), and it must have an outcome for "could not ask" (`unavailable`).
+External actions are looked ahead for typed text only: a flow calls them after an input
+or free text, never right after a button. A `pure` action reads only its arguments (no
+table, no network): it runs wherever it is needed, so the look-ahead can pass through it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ class ActionSpec:
     description: str
     args: tuple[str, ...]
     outcomes: tuple[str, ...]
+    external: bool = False
+    pure: bool = False
 
 
 ACTIONS: dict[str, ActionSpec] = {
@@ -39,11 +48,63 @@ ACTIONS: dict[str, ActionSpec] = {
         outcomes=("linked", "invalid"),
     ),
     "read_menu_text": ActionSpec(
-        "Understand free text typed at the main menu (a dossier code, a greeting, …).",
+        "Read free text typed at the main menu: a dossier code, a greeting, or other text.",
         args=("text",),
-        outcomes=("dossier_code", "greeting", "unknown"),
+        outcomes=("dossier_code", "greeting", "other"),
+        pure=True,
+    ),
+    "understand": ActionSpec(
+        "Ask Rasa what free text at the main menu wants: rate, complain (with the complaint "
+        "itself, or not yet), check a report, help, a formal complaint, thanks, a greeting.",
+        args=("text",),
+        outcomes=(
+            "rate",
+            "complaint",
+            "complain",
+            "ask_status",
+            "help",
+            "formal",
+            "thanks",
+            "greet",
+            "unknown",
+            "unavailable",
+        ),
+        external=True,
+    ),
+    "classify_complaint": ActionSpec(
+        "Ask Rasa the field and category of a complaint; sure when the field confidence "
+        "reaches [nlu] threshold.",
+        args=("text",),
+        outcomes=("sure", "unsure", "formal", "unavailable"),
+        external=True,
+    ),
+    "link_dossier": ActionSpec(
+        "Attach the dossier a complaint is about (any state), by its code.",
+        args=("code",),
+        outcomes=("found", "none", "not_found"),
+    ),
+    "find_commune": ActionSpec(
+        "Find the commune or ward a complaint concerns, by the name the citizen typed.",
+        args=("name",),
+        outcomes=("found", "not_found"),
+    ),
+    "create_report": ActionSpec(
+        "Store the complaint with its field, category and reading, route it to the "
+        "competent agency and give a receipt code.",
+        args=(),
+        outcomes=("created",),
+    ),
+    "list_reports": ActionSpec(
+        "List this citizen's own reports, newest first.",
+        args=(),
+        outcomes=("some", "none"),
+    ),
+    "find_report": ActionSpec(
+        "Look up one of this citizen's own reports by its receipt code.",
+        args=("code",),
+        outcomes=("found", "not_found"),
     ),
 }
 
 # Validators a free-text input may name.
-VALIDATORS: tuple[str, ...] = ("text", "dossier_code")
+VALIDATORS: tuple[str, ...] = ("text", "dossier_code", "report_code")

@@ -15,10 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flows.model import Button, FlowDef, Step
-from nlu.text import find_dossier_code, fold, has_letters_or_digits, nfc
+from nlu.text import find_dossier_code, find_report_code, fold, has_letters_or_digits, nfc
 
 MAIN_FLOW = "main"
 MAX_STEPS_PER_EVENT = 50
+# A button's alias inside a longer text picks the button only in a text this short, when
+# the step reads free text itself (on_text); a longer text goes to on_text.
+ALIAS_IN_TEXT_MAX_WORDS = 5
 
 # Texts the engine itself says; the main flow's `messages` may override each one.
 SYSTEM_TEXTS: dict[str, dict[str, str]] = {
@@ -212,6 +215,8 @@ def _validate_input(kind: str, text: str) -> str | None:
     """The value to save, or None when the text does not pass."""
     if kind == "dossier_code":
         return find_dossier_code(text)
+    if kind == "report_code":
+        return find_report_code(text)
     return text.strip() if has_letters_or_digits(text) else None
 
 
@@ -492,6 +497,8 @@ class _Run:
             return button, payload
         if step.input is not None:
             return None  # free text: only an exact payload, title, alias or number picks
+        if step.on_text and len(folded.split()) > ALIAS_IN_TEXT_MAX_WORDS:
+            return None  # a sentence ("tôi muốn phản ánh việc …") is for on_text to read
         words = f" {folded} "
         hits = {
             payload

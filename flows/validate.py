@@ -203,10 +203,11 @@ def validate_flow(
     for other in known_flows.values():
         if other.id == flow.id:
             continue
-        for step in other.steps.values():
-            for _, target in _targets(step):
-                if target.startswith(f"flow:{flow.id}#"):
-                    roots.add(target.partition("#")[2])
+        targets = [t for step in other.steps.values() for _, t in _targets(step)]
+        targets += [cmd.goto for cmd in other.commands]
+        for target in targets:
+            if target.startswith(f"flow:{flow.id}#"):
+                roots.add(target.partition("#")[2])
 
     seen: set[str] = set()
     todo = [r for r in roots if r in flow.steps]

@@ -179,9 +179,16 @@ class RatingAnswer(SQLModel, table=True):
 
 
 class Report(SQLModel, table=True):
-    """Feedback (phản ánh, kiến nghị) from a citizen, with its receipt code."""
+    """Feedback (phản ánh, kiến nghị) from a citizen, with its receipt code.
+
+    `field` and `category` are what the report is filed under; `nlu_*` keep what the
+    classifier read (None while it could not be asked: `nlu_status` "pending" until it is
+    classified later). A citizen's pick that differs from `nlu_field` is a correction,
+    exported as a training example (`bot.py nlu export-corrections`).
+    """
 
     __tablename__ = "report"
+    __table_args__ = (Index("ix_report_nlu_pending", "nlu_status", "id"),)
     id: int | None = Field(default=None, primary_key=True)
     code: str = Field(max_length=40, unique=True)
     citizen_id: int = Field(foreign_key="citizen.id", index=True)
@@ -192,11 +199,36 @@ class Report(SQLModel, table=True):
     # rating (a dissatisfied rating turned into feedback) | chat
     source: str = Field(max_length=20)
     field: str | None = Field(default=None, max_length=40)
+    # procedure (rules, delays, fees, forms) | conduct (how an official behaved)
     category: str | None = Field(default=None, max_length=20)
+    # Who chose `field`: nlu (the citizen confirmed the reading) | citizen | dossier
+    field_source: str | None = Field(default=None, max_length=20)
+    nlu_field: str | None = Field(default=None, max_length=40)
+    nlu_category: str | None = Field(default=None, max_length=20)
+    nlu_confidence: float | None = None
+    # done | pending (Rasa was unavailable: classified when it returns)
+    nlu_status: str = Field(default="done", max_length=20)
+    # The commune the citizen named (routing), when there is no dossier.
+    commune_id: int | None = Field(default=None, foreign_key="agency.id")
     agency_id: int | None = Field(default=None, foreign_key="agency.id", index=True)
     # new | routed | … (lifecycle lands with the escalation work)
     status: str = Field(default="new", max_length=20, index=True)
     created_at: datetime
+
+
+class Route(SQLModel, table=True):
+    """Routing table: a report of `field` from `commune` goes to `agency`.
+
+    `commune_id` None is the field's province-wide default. A conduct complaint goes one
+    level above the agency found here (DOMAIN.md: never only to the accused's unit).
+    """
+
+    __tablename__ = "route"
+    __table_args__ = (UniqueConstraint("field", "commune_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    field: str = Field(foreign_key="field.key", max_length=40)
+    commune_id: int | None = Field(default=None, foreign_key="agency.id")
+    agency_id: int = Field(foreign_key="agency.id")
 
 
 class Counter(SQLModel, table=True):

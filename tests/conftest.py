@@ -29,6 +29,7 @@ from storage.db import Database, run_migrations
 from tests.chat import ChatClient
 from tests.fakes import FakeTelegram
 
+pytest_plugins = ["tests.rasa_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("HAILONG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("HAILONG_TEST_REQUIRE_PG") == "1"
@@ -106,6 +107,9 @@ def make_settings(db_url: str, **env: str) -> Settings:
         "HAILONG_STORAGE_URL": db_url,
         "HAILONG_API_TOKEN": API_TOKEN,
         "HAILONG_DEMO_AUTOLOAD": "false",
+        # No Rasa unless a test asks for the real one (rasa_server fixture): port 9 refuses.
+        "HAILONG_NLU_AUTOSTART": "false",
+        "HAILONG_NLU_URL": "http://127.0.0.1:9",
         **env,
     }
     return load_settings(ROOT / "config.toml", environ)

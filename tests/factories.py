@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Agency, Dossier, Official, Procedure
+from storage.models import Agency, Dossier, Official, Procedure, Route
 
 COMPLETED = "H42.15.01-261110-0001"
 COMPLETED_2 = "H42.15.01-261111-0002"
@@ -93,3 +93,46 @@ async def small_province(s: AsyncSession, now: datetime) -> dict[str, int]:
     )
     await s.flush()
     return {"province": province.id, "ward": ward.id, "police": police.id}  # type: ignore[dict-item]
+
+
+async def routing(s: AsyncSession, ids: dict[str, int]) -> dict[str, int]:
+    """The ward's economic office, a second commune, the land office, and routing rules.
+
+    land × ward → ward economic office; land elsewhere → land registration office;
+    construction × ward → ward economic office; judicial records → police;
+    other → the province.
+    """
+    econ = Agency(
+        code="H42.15.01.01",
+        name="Phòng Kinh tế, Hạ tầng và Đô thị phường Việt Trì",
+        kind="unit",
+        parent_id=ids["ward"],
+        head_title="Trưởng phòng",
+    )
+    tam_dao = Agency(
+        code="H42.55",
+        name="UBND xã Tam Đảo",
+        kind="commune",
+        parent_id=ids["province"],
+        head_title="Chủ tịch UBND xã",
+    )
+    land_office = Agency(
+        code="H42.10.01",
+        name="Văn phòng Đăng ký đất đai tỉnh Phú Thọ",
+        kind="unit",
+        parent_id=ids["province"],
+        head_title="Giám đốc Văn phòng Đăng ký đất đai",
+    )
+    s.add_all([econ, tam_dao, land_office])
+    await s.flush()
+    s.add_all(
+        [
+            Route(field="land", commune_id=ids["ward"], agency_id=econ.id),
+            Route(field="land", commune_id=None, agency_id=land_office.id),
+            Route(field="construction", commune_id=ids["ward"], agency_id=econ.id),
+            Route(field="judicial_records", commune_id=None, agency_id=ids["police"]),
+            Route(field="other", commune_id=None, agency_id=ids["province"]),
+        ]
+    )
+    await s.flush()
+    return {**ids, "econ": econ.id, "tam_dao": tam_dao.id, "land_office": land_office.id}  # type: ignore[dict-item]

@@ -94,6 +94,7 @@ async def test_run_starts_with_demo_data_and_a_citizen_can_rate(tmp_path: Path) 
         **os.environ,
         "HAILONG_STORAGE_URL": f"sqlite:///{tmp_path / 'run.db'}",
         "HAILONG_SERVER_PORT": str(port),
+        "HAILONG_NLU_AUTOSTART": "false",
         "PYTHONUNBUFFERED": "1",
     }
     proc = await asyncio.create_subprocess_exec(
@@ -142,6 +143,7 @@ async def test_chat_in_the_terminal_goes_through_the_same_path(tmp_path: Path) -
     env = {
         **os.environ,
         "HAILONG_STORAGE_URL": f"sqlite:///{tmp_path / 'chat.db'}",
+        "HAILONG_NLU_AUTOSTART": "false",
         "PYTHONUNBUFFERED": "1",
     }
     proc = await asyncio.create_subprocess_exec(

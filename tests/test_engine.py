@@ -34,6 +34,9 @@ def test_a_first_message_that_is_not_a_choice_is_answered_with_the_menu() -> Non
     state, r = step(State(), Text("alo"))
     # Free text at the menu goes to the menu's reader action first.
     assert r.call is not None and r.call.action == "read_menu_text"
+    state, r = step(state, ActionDone("other"))
+    # Then to Rasa, which finds nothing it knows.
+    assert r.call is not None and r.call.action == "understand"
     state, r = step(state, ActionDone("unknown"))
     assert "chưa hiểu" in sends(r)[0].text
     assert sends(r)[0].buttons[0].title == "Đánh giá hồ sơ"

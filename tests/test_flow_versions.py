@@ -76,5 +76,5 @@ async def test_seeding_twice_publishes_nothing_new(service: Service, clock: Manu
     async with service.db.transaction() as s:
         first = await seed_flows(s, service.settings, clock.now())
         second = await seed_flows(s, service.settings, clock.now())
-    assert sorted(first) == ["main", "rating"]
+    assert sorted(first) == ["feedback", "main", "rating", "status"]
     assert second == []

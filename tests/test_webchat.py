@@ -101,9 +101,11 @@ async def test_emoji_only_and_empty_text_get_a_clear_answer(
     assert "chưa nhập nội dung" in texts(await chat.say("   "))
 
 
-async def test_a_greeting_after_a_finished_rating_brings_the_menu_back(chat: ChatClient) -> None:
+async def test_a_greeting_after_a_finished_conversation_brings_the_menu_back(
+    chat: ChatClient,
+) -> None:
     await chat.start()
-    await chat.tap("Tra cứu phản ánh")
+    assert "Mã liên kết không đúng" in texts(await chat.say("LK-AAAA-BBBB"))  # ends there
     replies = await chat.say("xin chao")
     assert replies[0]["text"].startswith("Xin chào anh/chị!")
     assert "chưa hiểu" not in texts(replies)
