@@ -149,11 +149,22 @@ async def healthz(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "database": "ok",
+            "nlu": nlu_state(service),
             "inbox_pending": inbox,
             "outbox_pending": outbox,
             "outbox_failed": failed,
         }
     )
+
+
+def nlu_state(service: Service) -> str:
+    """ready | starting | failed: … (a Rasa this process runs); external | circuit open."""
+    rasa = service.rasa
+    if rasa is not None:
+        if rasa.is_ready:
+            return "ready"
+        return f"failed: {rasa.error}" if rasa.error else "starting"
+    return "circuit open" if service.nlu.circuit_open else "external"
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import re
 import secrets
+import socket
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -47,6 +48,17 @@ async def _answers(url: str, token: str) -> bool:
         return False
 
 
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _line(text: str, reading: Reading | None) -> str:
     return json.dumps(
         {
@@ -75,6 +87,10 @@ async def classify_lines(
         from bot.rasa import RasaServer
 
         token = token or secrets.token_urlsafe(24)
+        if _port_in_use(nlu.port):
+            # Something else (e.g. the running bot's own Rasa, with its own token) is there.
+            nlu = nlu.model_copy(update={"url": f"http://127.0.0.1:{_free_port()}"})
+            settings = settings.model_copy(update={"nlu": nlu})
         server = RasaServer(settings, token)
         print(f"starting Rasa on {nlu.url} for this run…", file=log, flush=True)
         await server.start()

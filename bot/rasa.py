@@ -448,7 +448,9 @@ class RasaServer:
         self.config_path = (settings.base_dir / settings.nlu.config).resolve()
         self.log_path = Path(log_path or settings.base_dir / "data" / "rasa.log")
         # The running server's pid: a server left behind by a killed bot is stopped first.
-        self.pid_path = self.log_path.with_suffix(".pid")
+        # One pid file per port, holding the server's pid and the pid of the process that
+        # started it: another process's server is never taken for a leftover.
+        self.pid_path = self.log_path.with_name(f"rasa-{self.port}.pid")
         self.restarts = 0
         # What went wrong when Rasa cannot run (no venv possible, training failed); else None.
         self.error: str | None = None
@@ -616,7 +618,7 @@ class RasaServer:
             )
         self._proc = proc
         with contextlib.suppress(OSError):
-            self.pid_path.write_text(f"{proc.pid}\n", encoding="utf-8")
+            self.pid_path.write_text(f"{proc.pid} {os.getpid()}\n", encoding="utf-8")
         log.info("starting Rasa on %s (pid %d)", self.url, proc.pid)
         ready_at: float | None = None
         try:
@@ -646,12 +648,16 @@ class RasaServer:
         return ready_at, f"Rasa exited with {_describe_exit(code)}"
 
     def _leftover_pid(self) -> int | None:
-        """The pid in the pid file if it is still a `rasa run` of this venv."""
+        """The pid in the pid file if it is still a `rasa run` of this venv whose starter
+        (another bot process, killed) is gone."""
         try:
-            pid = int(self.pid_path.read_text(encoding="utf-8").strip())
+            fields = self.pid_path.read_text(encoding="utf-8").split()
+            pid, owner = int(fields[0]), int(fields[1]) if len(fields) > 1 else 0
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             return None
+        if owner and owner != os.getpid() and _alive(owner):
+            return None  # the server of a bot process that is still running
         ours = str(rasa_bin()).encode() in cmdline and b"run" in cmdline
         return pid if ours else None
 

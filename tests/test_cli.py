@@ -178,3 +178,53 @@ async def test_chat_in_the_terminal_goes_through_the_same_path(tmp_path: Path) -
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 0
+
+
+@pytest.mark.slow
+async def test_run_starts_rasa_itself_and_stops_it_on_exit(tmp_path: Path, rasa_server) -> None:  # type: ignore[no-untyped-def]
+    """`run` with [nlu] autostart (the default): its own Rasa, classifying in the chat."""
+    port, rasa_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "HAILONG_STORAGE_URL": f"sqlite:///{tmp_path / 'run.db'}",
+        "HAILONG_SERVER_PORT": str(port),
+        "HAILONG_NLU_URL": f"http://127.0.0.1:{rasa_port}",
+        # The model the session already trained (the default one takes minutes to train).
+        "HAILONG_NLU_MODEL": rasa_server.settings.nlu.model,
+        "HAILONG_NLU_CONFIG": rasa_server.settings.nlu.config,
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "bot.py", "run", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        while b"hailong is running" not in (line := await proc.stdout.readline()):  # type: ignore[union-attr]
+            assert line, "bot exited early"
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", cookie_jar=jar) as http:
+            health: dict = {}
+            for _ in range(240):  # Rasa loads its model while the bot already serves
+                health = await (await http.get("/healthz")).json()
+                if health["nlu"] != "starting":
+                    break
+                await asyncio.sleep(0.5)
+            assert health["nlu"] == "ready", health
+            await http.get("/chat")
+            text = "xin giay phep xay dung nha o 3 tang nop 1 thang roi chua duoc cap"
+            await http.post("/chat/api/events", json={"id": uuid.uuid4().hex, "text": text})
+            seen: list[dict] = []
+            for _ in range(20):
+                seen = (await (await http.get("/chat/api/messages?after=0&wait=2")).json())[
+                    "messages"
+                ]
+                if seen:
+                    break
+            assert "thuộc lĩnh vực Xây dựng" in seen[-1]["text"]
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 60)
+    assert proc.returncode == 0
+    with socket.socket() as s:  # nothing listens on Rasa's port any more
+        assert s.connect_ex(("127.0.0.1", rasa_port)) != 0
