@@ -153,7 +153,7 @@ async def main() -> None:
     args = ap.parse_args()
 
     port = free_port()
-    token = secrets.token_urlsafe(16)
+    token = secrets.token_hex(16)
     env = {"HAILONG_NLU_URL": f"http://127.0.0.1:{port}", "HAILONG_NLU_TOKEN": token}
     if args.model:
         env["HAILONG_NLU_MODEL"] = args.model

@@ -87,7 +87,7 @@ def cmd_nlu_serve(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"nlu": nlu})
     token = nlu.token
     if not token:
-        token = secrets.token_urlsafe(24)
+        token = secrets.token_hex(24)
         print(f"nlu.token is empty; this run's token: {token}")
         print(
             f"  point the bot at it with HAILONG_NLU_URL={nlu.url} HAILONG_NLU_TOKEN={token} "

@@ -86,7 +86,7 @@ async def classify_lines(
             )
         from bot.rasa import RasaServer
 
-        token = token or secrets.token_urlsafe(24)
+        token = token or secrets.token_hex(24)
         if _port_in_use(nlu.port):
             # Something else (e.g. the running bot's own Rasa, with its own token) is there.
             nlu = nlu.model_copy(update={"url": f"http://127.0.0.1:{_free_port()}"})

@@ -596,8 +596,8 @@ class RasaServer:
             str(rasa_bin()),
             "run",
             "--enable-api",
-            "--auth-token",
-            self.token,
+            # One argument: a token starting with "-" must not read as an option.
+            f"--auth-token={self.token}",
             "-i",
             "127.0.0.1",
             "-p",

@@ -167,7 +167,9 @@ def rasa_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RasaHandle
             runner.run(ensure_env(), ENV_TIMEOUT)
         except (RasaError, TimeoutError) as exc:
             _unavailable(str(exc) or "setting up the Rasa environment timed out")
-        port, token = free_port(), secrets.token_urlsafe(16)
+        # A token that starts with "-" (as a random or configured one may): it must still
+        # reach Rasa as the token, not be read as an option.
+        port, token = free_port(), "-" + secrets.token_hex(16)
         settings = rasa_settings(port, token)
         log_path = tmp_path_factory.mktemp("rasa") / "rasa.log"
 
