@@ -20,6 +20,7 @@ from typing import Any
 from bot.config import ConfigError, Settings, load_settings
 from bot.nlu_cli import add_nlu_commands
 from bot.nlu_tools import add_tool_commands
+from bot.report_cli import add_report_commands
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -577,6 +578,7 @@ def parser() -> argparse.ArgumentParser:
     qr.add_argument("-o", "--output", help="PNG file (default: <code>.png)")
 
     add_tool_commands(add_nlu_commands(sub))
+    add_report_commands(sub)
     add("config", cmd_config)
     return p
 

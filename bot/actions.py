@@ -21,8 +21,10 @@ from bot.clock import VIETNAM, local_date
 from bot.config import Settings
 from bot.nlu import NluClient
 from bot.officials import link_account
+from bot.reports import open_report
 from bot.routing import find_commune as find_commune_named
 from bot.routing import route_report
+from bot.workdays import WorkCalendar
 from flows.actions import ACTIONS
 from flows.engine import ActionDone, FlowError
 from nlu.reading import Reading
@@ -50,6 +52,7 @@ class ActionContext:
     user_key: str
     now: datetime
     vars: Mapping[str, Any]
+    calendar: WorkCalendar
 
 
 @dataclass(frozen=True)
@@ -236,22 +239,22 @@ async def create_feedback(ctx: ActionContext, args: Mapping[str, str]) -> Action
     field = dossier.get("field")
     routed = await route_report(ctx.session, field, None, dossier_id=dossier.get("id"))
     code = await new_report_code(ctx.session, ctx.now)
-    ctx.session.add(
-        Report(
-            code=code,
-            citizen_id=ctx.citizen_id,
-            channel=ctx.channel,
-            text=text,
-            dossier_id=dossier.get("id"),
-            rating_id=ctx.vars.get("rating_id"),
-            source="rating" if ctx.vars.get("rating_id") else "chat",
-            field=field,
-            field_source="dossier" if field else None,
-            nlu_status="pending",
-            agency_id=routed.agency.id if routed else None,
-            created_at=ctx.now,
-        )
+    report = Report(
+        code=code,
+        citizen_id=ctx.citizen_id,
+        channel=ctx.channel,
+        text=text,
+        dossier_id=dossier.get("id"),
+        rating_id=ctx.vars.get("rating_id"),
+        source="rating" if ctx.vars.get("rating_id") else "chat",
+        field=field,
+        field_source="dossier" if field else None,
+        nlu_status="pending",
+        agency_id=routed.agency.id if routed else None,
+        created_at=ctx.now,
     )
+    ctx.session.add(report)
+    await open_report(ctx.session, report, ctx.settings, ctx.calendar, ctx.now)
     return ActionDone("created", {"report_code": code})
 
 
@@ -424,26 +427,26 @@ async def create_report(ctx: ActionContext, args: Mapping[str, str]) -> ActionDo
         ctx.session, field, category, dossier_id=dossier.get("id"), commune_id=commune.get("id")
     )
     code = await new_report_code(ctx.session, ctx.now)
-    ctx.session.add(
-        Report(
-            code=code,
-            citizen_id=ctx.citizen_id,
-            channel=ctx.channel,
-            text=text,
-            dossier_id=dossier.get("id"),
-            source="chat",
-            field=field,
-            category=category,
-            field_source="citizen" if picked else "nlu",
-            nlu_field=nlu.get("field"),
-            nlu_category=nlu.get("category"),
-            nlu_confidence=nlu.get("confidence"),
-            nlu_status="done" if nlu else "pending",
-            commune_id=commune.get("id"),
-            agency_id=routed.agency.id if routed else None,
-            created_at=ctx.now,
-        )
+    report = Report(
+        code=code,
+        citizen_id=ctx.citizen_id,
+        channel=ctx.channel,
+        text=text,
+        dossier_id=dossier.get("id"),
+        source="chat",
+        field=field,
+        category=category,
+        field_source="citizen" if picked else "nlu",
+        nlu_field=nlu.get("field"),
+        nlu_category=nlu.get("category"),
+        nlu_confidence=nlu.get("confidence"),
+        nlu_status="done" if nlu else "pending",
+        commune_id=commune.get("id"),
+        agency_id=routed.agency.id if routed else None,
+        created_at=ctx.now,
     )
+    ctx.session.add(report)
+    await open_report(ctx.session, report, ctx.settings, ctx.calendar, ctx.now)
     report = {
         "code": code,
         "field_name": names.get(field, field),

@@ -63,6 +63,8 @@ class Service:
     channels: dict[str, Channel] = field(default_factory=dict)
     # The Rasa server this process started ([nlu] autostart), if any.
     rasa: Any = None
+    # The clock tick (bot/scheduler.py): escalations, reminders, digests.
+    ticker: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -86,12 +88,13 @@ def build_service(
         channels["zalo_bot"] = ZaloBot(settings.zalo_bot)
     metrics = Metrics()
     # A Rasa server started by this process gets a fresh token unless one is configured.
-    token = settings.nlu.token or (secrets.token_urlsafe(24) if settings.nlu.autostart else "")
+    token = settings.nlu.token or (secrets.token_hex(24) if settings.nlu.autostart else "")
     nlu = NluClient(settings.nlu, metrics, token=token)
     sender = OutboxSender(db, clock, channels, settings.outbox, metrics)
     conversations = ConversationService(
-        db, settings, clock, flows, on_outbox=sender.wake, metrics=metrics, nlu=nlu
-    )
+        db, settings, clock, flows, on_outbox=sender.wake, metrics=metrics, nlu=nlu,
+        calendar=calendar,
+    )  # fmt: skip
     dispatcher = Dispatcher(conversations, db, clock, concurrency=4 if db.is_sqlite else 16)
     ingress = Ingress(db, dispatcher, clock, metrics)
     for channel in channels.values():
@@ -220,6 +223,17 @@ async def start_service(service: Service) -> None:
 
         service.rasa = RasaServer(service.settings, service.nlu.token)
         await service.rasa.start()
+    if service.ticker is None:
+        from bot.scheduler import Ticker
+
+        service.ticker = Ticker(
+            service.db,
+            service.settings,
+            service.calendar,
+            service.clock,
+            on_outbox=service.sender.wake,
+        )
+        service.ticker.start()
     service.tasks.append(
         asyncio.create_task(
             backfill.run_forever(
@@ -232,6 +246,9 @@ async def start_service(service: Service) -> None:
 
 async def stop_service(service: Service) -> None:
     """Let the conversations under way finish, stop sending, disconnect."""
+    if service.ticker is not None:
+        await service.ticker.stop()
+        service.ticker = None
     for task in service.tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -232,6 +232,76 @@ class WorkdaySettings(_Section):
     makeup_working_days: list[date] = []
 
 
+class DeadlineOverride(_Section):
+    """A different answer deadline for one field and/or category."""
+
+    field: str | None = None
+    category: Literal["procedure", "conduct"] | None = None
+    answer_days: Annotated[int, Field(ge=1, le=365)]
+
+
+class DeadlineSettings(_Section):
+    """Deadlines of feedback, in working days (DOMAIN.md: answer ≤ 15, forward ≤ 5)."""
+
+    answer_days: Annotated[int, Field(ge=1, le=365)] = 15
+    forward_days: Annotated[int, Field(ge=1, le=365)] = 5
+    overrides: list[DeadlineOverride] = []
+    # Remind the handling official when this share of the answer period has passed …
+    remind_fractions: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5]
+    # … and this many working days before the deadline (0: no such reminder).
+    remind_days_before: Annotated[int, Field(ge=0, le=30)] = 1
+    # While a report is late, the citizen hears how it stands every this many days.
+    update_every_days: Annotated[int, Field(ge=1, le=90)] = 7
+
+    def answer_days_for(self, field: str | None, category: str | None) -> int:
+        """The most specific override (field and category, then one of them), else default."""
+        best: tuple[int, int] | None = None
+        for o in self.overrides:
+            if (o.field is None or o.field == field) and (
+                o.category is None or o.category == category
+            ):
+                rank = (o.field is not None) + (o.category is not None)
+                if best is None or rank > best[0]:
+                    best = (rank, o.answer_days)
+        return best[1] if best else self.answer_days
+
+
+class LadderLevel(_Section):
+    # handling_official: the official handling it (or the officers of the handling unit)
+    # unit_head: the head of the handling unit
+    # agency_head: the head of the competent agency above the unit
+    # province: the head of the provincial people's committee's office
+    role: Literal["handling_official", "unit_head", "agency_head", "province"]
+    # Working days this level gets, once the report reaches it, before it climbs again.
+    # The first level has the answer deadline of [deadlines] instead.
+    grace_days: Annotated[int, Field(ge=1, le=365)] | None = None
+
+
+class LadderSettings(_Section):
+    levels: Annotated[list[LadderLevel], Field(min_length=1, max_length=10)] = [
+        LadderLevel(role="handling_official"),
+        LadderLevel(role="unit_head", grace_days=5),
+        LadderLevel(role="agency_head", grace_days=5),
+        LadderLevel(role="province", grace_days=5),
+    ]
+    # How often every process looks for due work (escalations, reminders, digests).
+    tick_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Weekly digest to heads: ISO weekday (1 = Monday) and local hour.
+    digest_weekday: Annotated[int, Field(ge=1, le=7)] = 1
+    digest_hour: Annotated[int, Field(ge=0, le=23)] = 8
+
+    @model_validator(mode="after")
+    def _grace(self) -> LadderSettings:
+        if self.levels[0].grace_days is not None:
+            raise ValueError(
+                "levels: the first level's time is [deadlines] answer_days; remove its grace_days"
+            )
+        missing = [lv.role for lv in self.levels[1:] if lv.grace_days is None]
+        if missing:
+            raise ValueError(f"levels: grace_days missing for {', '.join(missing)}")
+        return self
+
+
 class DemoSettings(_Section):
     autoload: bool = True
     seed: int = 2025
@@ -304,6 +374,8 @@ class Settings(_Section):
     outbox: OutboxSettings = OutboxSettings()
     workdays: WorkdaySettings = WorkdaySettings()
     nlu: NluSettings = NluSettings()
+    deadlines: DeadlineSettings = DeadlineSettings()
+    ladder: LadderSettings = LadderSettings()
     demo: DemoSettings = DemoSettings()
     log: LogSettings = LogSettings()
 

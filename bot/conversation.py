@@ -21,6 +21,7 @@ from datetime import datetime
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot import official_desk
 from bot.actions import (
     ActionContext,
     ExternalContext,
@@ -37,6 +38,7 @@ from bot.flowstore import FlowCache
 from bot.logs import mask
 from bot.metrics import Metrics
 from bot.nlu import NluClient
+from bot.workdays import WorkCalendar
 from flows import engine
 from storage.db import Database
 from storage.models import Citizen, Conversation, InboxEvent, OutboxMessage
@@ -98,9 +100,13 @@ class ConversationService:
         on_outbox: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
         nlu: NluClient | None = None,
+        calendar: WorkCalendar | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.nlu = nlu
+        self.calendar = calendar or WorkCalendar(
+            settings.workdays.extra_days_off, settings.workdays.makeup_working_days
+        )
         self.db = db
         self.settings = settings
         self.clock = clock
@@ -237,6 +243,11 @@ class ConversationService:
     ) -> None:
         if ev.lang in ("vi", "en") and (ev.kind == "start" or conv.step is None):
             conv.lang = ev.lang
+        replies = await official_desk.handle(s, conv, ev, self.settings, self.calendar, now)
+        if replies is not None:  # an official's button or reply, a citizen's "is it solved?"
+            for text, buttons in replies:
+                self._queue(s, conv, message_body(text, buttons, None), now)
+            return
         lib = await self.flows.library(s, conv.flow_version_id)
         state = self._state(conv, ev, conv.lang)
         result = engine.handle(lib, state, to_engine_event(ev), now)
@@ -259,6 +270,7 @@ class ConversationService:
                 conv.user_key,
                 now,
                 result.state.vars,
+                self.calendar,
             )
             done = await run_action(ctx, call.action, call.args)
             result = engine.handle(lib, result.state, done, now)

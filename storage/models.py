@@ -211,8 +211,53 @@ class Report(SQLModel, table=True):
     # The commune the citizen named (routing), when there is no dossier.
     commune_id: int | None = Field(default=None, foreign_key="agency.id")
     agency_id: int | None = Field(default=None, foreign_key="agency.id", index=True)
-    # new | routed | … (lifecycle lands with the escalation work)
+    # new → assigned → in_progress → answered → resolved → closed; reopened climbs again
     status: str = Field(default="new", max_length=20, index=True)
+    created_at: datetime
+    # The official handling it (accepted it), and the official it is about, when known.
+    official_id: int | None = Field(default=None, foreign_key="official.id")
+    accused_official_id: int | None = Field(default=None, foreign_key="official.id")
+    # Ladder level now responsible (0 = the handling official; conduct starts at 1).
+    level: int = 0
+    # The current deadline; when it passes unanswered the report climbs one level.
+    due_at: datetime | None = None
+    # Due work, claimed by the clock tick (indexed: a tick never scans the table).
+    next_escalation_at: datetime | None = Field(default=None, index=True)
+    next_reminder_at: datetime | None = Field(default=None, index=True)
+    next_update_at: datetime | None = Field(default=None, index=True)
+    answered_at: datetime | None = None
+    resolved_at: datetime | None = None
+    closed_at: datetime | None = None
+
+
+class ReportEvent(SQLModel, table=True):
+    """The audit trail of a report: every transition, with who, when and why."""
+
+    __tablename__ = "report_event"
+    id: int | None = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="report.id", index=True)
+    at: datetime
+    # citizen | official | system | admin
+    actor: str = Field(max_length=20)
+    official_id: int | None = Field(default=None, foreign_key="official.id")
+    # created, accepted, replied, resolved, confirmed, reopened, reassigned, escalated,
+    # apology, reminder, closed
+    action: str = Field(max_length=30)
+    from_status: str | None = Field(default=None, max_length=20)
+    to_status: str | None = Field(default=None, max_length=20)
+    level: int | None = None
+    note: str | None = None
+
+
+class Digest(SQLModel, table=True):
+    """A weekly digest sent to a head: one row per (head, week), so it is sent once."""
+
+    __tablename__ = "digest"
+    __table_args__ = (UniqueConstraint("official_id", "week"),)
+    id: int | None = Field(default=None, primary_key=True)
+    official_id: int = Field(foreign_key="official.id")
+    # ISO week, e.g. "2026-W48"
+    week: str = Field(max_length=10)
     created_at: datetime
 
 

@@ -157,6 +157,7 @@ async def test_health_reports_database_and_queues(http: TestClient) -> None:
     assert await r.json() == {
         "status": "ok",
         "database": "ok",
+        "nlu": "external",  # Rasa not started by this process; nothing failed yet
         "inbox_pending": 0,
         "outbox_pending": 0,
         "outbox_failed": 0,

@@ -213,6 +213,19 @@ class ZaloTokens:
         self._access, self._expires_at = access, None
 
 
+# Buttons whose payload names a report (officials' "of:…", citizens' "rc:…") must come
+# back with that payload: Zalo sends it as a hidden message (oa.query.hide).
+HIDDEN_PAYLOADS = ("of:", "rc:")
+
+
+def _button(b: dict[str, Any]) -> dict[str, str]:
+    """A Zalo OA button. Usually the title is the payload: a tap comes back as that text,
+    which is also what the citizen sees as their own message."""
+    if str(b.get("payload", "")).startswith(HIDDEN_PAYLOADS):
+        return {"title": b["title"], "type": "oa.query.hide", "payload": b["payload"]}
+    return {"title": b["title"], "type": "oa.query.show", "payload": b["title"]}
+
+
 class ZaloOA:
     """Channel adapter for a Zalo Official Account."""
 
@@ -329,14 +342,7 @@ class ZaloOA:
             if buttons and i == len(parts) - 1:
                 payload["attachment"] = {
                     "type": "template",
-                    "payload": {
-                        "buttons": [
-                            # The title is the payload: a tap comes back as that text, which
-                            # is also what the citizen sees as their own message.
-                            {"title": b["title"], "type": "oa.query.show", "payload": b["title"]}
-                            for b in buttons[:MAX_BUTTONS]
-                        ]
-                    },
+                    "payload": {"buttons": [_button(b) for b in buttons[:MAX_BUTTONS]]},
                 }
             data = await self._call(
                 "/v3.0/oa/message/cs",

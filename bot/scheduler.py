@@ -1,0 +1,464 @@
+"""The clock: due work found in the tables, done once, by whichever process claims it.
+
+Every process runs an APScheduler interval job (`[ladder] tick_seconds`) that calls
+`tick()`. State lives in our tables only: a report's `next_escalation_at`,
+`next_reminder_at` and `next_update_at` say when it needs something (indexed, so a tick
+never scans the table), and the weekly digest is one `digest` row per (head, week).
+
+Each kind of work is claimed in one transaction that also writes its outcome — the
+report moved on and the outbox messages — so it happens exactly once:
+PostgreSQL claims rows with `FOR UPDATE SKIP LOCKED` (processes never wait on each other
+and never take the same row); SQLite runs one writer at a time and the claim moves the
+due time forward. A tick handles at most `batch` items of each kind, so its time stays
+flat however many reports there are; work that came due while the service was down is
+done by the next ticks, each missed deadline once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, case, func, insert, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.channels.base import message_body
+from bot.clock import VIETNAM, Clock, local_date
+from bot.config import Settings
+from bot.reports import SETTLED, Directory, deadline, event_row, next_reminder, record_all
+from bot.workdays import WorkCalendar
+from storage.db import Database
+from storage.models import (
+    Conversation,
+    Digest,
+    OfficialAccount,
+    OutboxMessage,
+    Rating,
+    RatingAnswer,
+    Report,
+)
+from storage.ops import insert_ignore
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+MAX_BUTTONS = 5  # Zalo's limit
+
+# What an escalation moves on (a settled report only loses its next_escalation_at).
+_ESCALATED = ("level", "due_at", "next_escalation_at", "next_reminder_at", "next_update_at")
+
+ROLE_NAMES = {
+    "handling_official": "cán bộ xử lý",
+    "unit_head": "lãnh đạo đơn vị xử lý",
+    "agency_head": "lãnh đạo cơ quan có thẩm quyền",
+    "province": "Văn phòng UBND tỉnh",
+}
+
+
+@dataclass
+class TickResult:
+    escalated: int = 0
+    apologies: int = 0
+    head_messages: int = 0
+    reminders: int = 0
+    updates: int = 0
+    digests: int = 0
+    messages: int = 0
+    seconds: float = 0.0
+
+    @property
+    def work(self) -> int:
+        return self.escalated + self.reminders + self.updates + self.digests
+
+
+@dataclass
+class _Out:
+    """Messages written by one claim: to citizens (by citizen id) and to officials."""
+
+    citizens: dict[int, list[str]] = field(default_factory=dict)
+    officials: dict[int, list[tuple[str, list[dict[str, str]]]]] = field(default_factory=dict)
+
+
+def _due(column: object, now: datetime, batch: int, pg: bool):  # type: ignore[no-untyped-def]
+    query = (
+        select(Report)
+        .where(col(column) <= now)  # type: ignore[arg-type]
+        .order_by(col(column))  # type: ignore[arg-type]
+        .limit(batch)
+    )
+    return query.with_for_update(skip_locked=True) if pg else query
+
+
+async def _claim(
+    s: AsyncSession, column: object, now: datetime, batch: int, pg: bool
+) -> list[Report]:
+    """The first `batch` reports due by `column`, oldest first, claimed (an index range scan).
+
+    They come detached from the session: the work sets their fields and `_save` writes
+    them back in one statement, instead of an ORM flush row by row.
+    """
+    due = list(await s.exec(_due(column, now, batch, pg)))
+    for r in due:
+        s.expunge(r)
+    return due
+
+
+async def _save(s: AsyncSession, reports: list[Report], columns: tuple[str, ...]) -> None:
+    """Write `columns` of the claimed reports back (one executemany, by primary key)."""
+    if not reports:
+        return
+    table = Report.__table__  # type: ignore[attr-defined]
+    rows = [{"_id": r.id, **{c: getattr(r, c) for c in columns}} for r in reports]
+    await s.exec(update(table).where(table.c.id == bindparam("_id")), params=rows)
+
+
+def _message(
+    channel: str, recipient: str, conversation_id: int | None, body: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "recipient": recipient,
+        "conversation_id": conversation_id,
+        "body": body,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+async def _write(s: AsyncSession, out: _Out, now: datetime) -> int:
+    """Queue the messages: a citizen's go to their latest conversation, an official's to
+    every linked account. One statement for all of them, in order."""
+    rows: list[dict[str, Any]] = []
+    if out.citizens:
+        convs = await s.exec(
+            select(
+                Conversation.citizen_id,
+                Conversation.id,
+                Conversation.channel,
+                Conversation.user_key,
+            )
+            .where(col(Conversation.citizen_id).in_(list(out.citizens)))
+            .order_by(col(Conversation.updated_at))
+        )
+        latest = {c.citizen_id: c for c in convs}
+        for citizen_id, texts in out.citizens.items():
+            conv = latest.get(citizen_id)
+            if conv is None:
+                continue
+            for text in texts:
+                body = message_body(text, [], None)
+                rows.append(_message(conv.channel, conv.user_key, conv.id, body, now))
+    if out.officials:
+        accounts = await s.exec(
+            select(OfficialAccount).where(col(OfficialAccount.official_id).in_(list(out.officials)))
+        )
+        by_official: dict[int, list[OfficialAccount]] = {}
+        for a in accounts:
+            by_official.setdefault(a.official_id, []).append(a)
+        for official_id, messages in out.officials.items():
+            for account in by_official.get(official_id, []):
+                for text, buttons in messages:
+                    body = message_body(text, buttons, None)
+                    rows.append(_message(account.channel, account.user_key, None, body, now))
+    if rows:
+        await s.exec(insert(OutboxMessage.__table__), params=rows)  # type: ignore[arg-type]
+    return len(rows)
+
+
+def _open_buttons(reports: list[Report]) -> list[dict[str, str]]:
+    return [{"payload": f"of:open:{r.id}", "title": f"Mở {r.code}"} for r in reports][:MAX_BUTTONS]
+
+
+class Ticker:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        calendar: WorkCalendar,
+        clock: Clock,
+        on_outbox: Callable[[], None] = lambda: None,
+        batch: int = BATCH,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.calendar = calendar
+        self.clock = clock
+        self.on_outbox = on_outbox
+        self.batch = batch
+        self._scheduler = None
+        self._running: asyncio.Task[object] | None = None
+
+    @property
+    def pg(self) -> bool:
+        return not self.db.is_sqlite
+
+    async def tick(self) -> TickResult:
+        """Do the work that is due now; each item once across all processes."""
+        started = asyncio.get_running_loop().time()
+        now = self.clock.now()
+        result = TickResult()
+        await self._escalations(now, result)
+        await self._reminders(now, result)
+        await self._updates(now, result)
+        await self._digests(now, result)
+        result.seconds = asyncio.get_running_loop().time() - started
+        if result.messages:
+            self.on_outbox()
+        if result.work:
+            log.info(
+                "tick: %s escalated (%s heads told, %s apologies), %s reminders, %s status "
+                "updates, %s digests in %.3f s",
+                result.escalated,
+                result.head_messages,
+                result.apologies,
+                result.reminders,
+                result.updates,
+                result.digests,
+                result.seconds,
+            )
+        return result
+
+    # ---- escalation: a missed deadline climbs one level, once
+
+    async def _escalations(self, now: datetime, result: TickResult) -> None:
+        levels = self.settings.ladder.levels
+        update_every = timedelta(days=self.settings.deadlines.update_every_days)
+        async with self.db.transaction() as s:
+            due = await _claim(s, Report.next_escalation_at, now, self.batch, self.pg)
+            if not due:
+                return
+            directory = await Directory.load(s)
+            out = _Out()
+            events: list[dict[str, Any]] = []
+            per_head: dict[int, list[tuple[Report, str, str]]] = {}
+            for r in due:
+                if r.status in SETTLED or r.due_at is None:
+                    r.next_escalation_at = None
+                    continue
+                missed = r.due_at
+                target = min(r.level + 1, len(levels) - 1)
+                found = directory.responsible(r, self.settings, target)
+                if found is not None:
+                    r.level = found.level
+                grace = levels[r.level].grace_days or self.settings.deadlines.answer_days
+                r.due_at = deadline(self.calendar, missed, grace)
+                r.next_escalation_at = r.due_at
+                r.next_reminder_at = None  # late now: the heads' list replaces reminders
+                r.next_update_at = r.next_update_at or now + update_every
+                old, new = local_date(missed), local_date(r.due_at)
+                events.append(
+                    event_row(
+                        r, "escalated", now, "system", note=f"missed {old}; new deadline {new}"
+                    )
+                )
+                events.append(event_row(r, "apology", now, "system", note=new))
+                who = ROLE_NAMES.get(levels[r.level].role, "cấp trên")
+                agency = directory.agencies.get(r.agency_id) if r.agency_id else None
+                out.citizens.setdefault(r.citizen_id, []).append(
+                    f"Thành thật xin lỗi anh/chị: phản ánh {r.code} chưa được trả lời đúng hạn "
+                    f"(hạn {old}). Phản ánh đã được chuyển lên {who}"
+                    f"{' của ' + agency.name if agency and who != ROLE_NAMES['province'] else ''}"
+                    f" để chỉ đạo giải quyết; hạn trả lời mới là ngày {new}. "
+                    f"Anh/chị có thể tra cứu bằng cách gõ «/status {r.code}»."
+                )
+                result.escalated += 1
+                result.apologies += 1
+                for official in found.officials if found else []:
+                    per_head.setdefault(official.id, []).append((r, old, new))  # type: ignore[arg-type]
+            for official_id, items in per_head.items():
+                lines = [f"• {r.code}: quá hạn {old}, hạn mới {new}" for r, old, new in items[:30]]
+                if len(items) > 30:
+                    lines.append(f"… và {len(items) - 30} phản ánh khác")
+                text = (
+                    f"Có {len(items)} phản ánh, kiến nghị quá hạn chưa được trả lời, nay chuyển "
+                    "đến anh/chị chỉ đạo giải quyết:\n" + "\n".join(lines)
+                )
+                buttons = _open_buttons([r for r, _, _ in items])
+                out.officials.setdefault(official_id, []).append((text, buttons))
+            result.head_messages += len(per_head)
+            await _save(s, due, _ESCALATED)
+            await record_all(s, events)
+            result.messages += await _write(s, out, now)
+
+    # ---- reminders to the handling official before the deadline
+
+    async def _reminders(self, now: datetime, result: TickResult) -> None:
+        async with self.db.transaction() as s:
+            due = await _claim(s, Report.next_reminder_at, now, self.batch, self.pg)
+            if not due:
+                return
+            directory = await Directory.load(s)
+            out = _Out()
+            events: list[dict[str, Any]] = []
+            for r in due:
+                r.next_reminder_at = None
+                if r.status in SETTLED or r.due_at is None or r.due_at <= now:
+                    continue
+                days = self.settings.deadlines.answer_days_for(r.field, r.category)
+                r.next_reminder_at = next_reminder(
+                    self.settings, self.calendar, r.created_at, days, now
+                )
+                found = directory.responsible(r, self.settings, r.level)
+                for official in found.officials if found else []:
+                    out.officials.setdefault(official.id, []).append(  # type: ignore[arg-type]
+                        (
+                            f"Nhắc việc: phản ánh {r.code} cần được trả lời trước ngày "
+                            f"{local_date(r.due_at)}.",
+                            _open_buttons([r]),
+                        )
+                    )
+                events.append(event_row(r, "reminder", now, "system", note=local_date(r.due_at)))
+                result.reminders += 1
+            await _save(s, due, ("next_reminder_at",))
+            await record_all(s, events)
+            result.messages += await _write(s, out, now)
+
+    # ---- every few days while late, the citizen hears how it stands
+
+    async def _updates(self, now: datetime, result: TickResult) -> None:
+        every = timedelta(days=self.settings.deadlines.update_every_days)
+        async with self.db.transaction() as s:
+            due = await _claim(s, Report.next_update_at, now, self.batch, self.pg)
+            if not due:
+                return
+            out = _Out()
+            events: list[dict[str, Any]] = []
+            for r in due:
+                if r.status in SETTLED:
+                    r.next_update_at = None
+                    continue
+                r.next_update_at = now + every
+                out.citizens.setdefault(r.citizen_id, []).append(
+                    f"Phản ánh {r.code} của anh/chị vẫn đang được xử lý, hạn trả lời hiện tại là "
+                    f"ngày {local_date(r.due_at) if r.due_at else '—'}. Chúng tôi sẽ tiếp tục "
+                    "thông báo khi có kết quả."
+                )
+                events.append(event_row(r, "status_update", now, "system"))
+                result.updates += 1
+            await _save(s, due, ("next_update_at",))
+            await record_all(s, events)
+            result.messages += await _write(s, out, now)
+
+    # ---- the weekly digest to every head with reports
+
+    def _week(self, now: datetime) -> str | None:
+        """The ISO week whose digest is due now (at or after the configured time)."""
+        local = now.astimezone(VIETNAM)
+        ladder = self.settings.ladder
+        if (local.isoweekday(), local.hour) < (ladder.digest_weekday, ladder.digest_hour):
+            local -= timedelta(days=7)
+        year, week, _ = local.isocalendar()
+        return f"{year}-W{week:02d}"
+
+    async def _digests(self, now: datetime, result: TickResult) -> None:
+        week = self._week(now)
+        if week is None:
+            return
+        since = now - timedelta(days=7)
+        async with self.db.transaction() as s:
+            directory = await Directory.load(s)
+            heads = {o.agency_id: o for o in directory.heads.values()}
+            done = set(await s.exec(select(Digest.official_id).where(Digest.week == week)))
+            todo = [o for o in heads.values() if o.id not in done]
+            if not todo:
+                return
+            agency_ids = [o.agency_id for o in todo]
+            overdue = case((col(Report.due_at) < now, 1), else_=0) * case(
+                (col(Report.status).in_(SETTLED), 0), else_=1
+            )
+            stats = await s.exec(
+                select(
+                    Report.agency_id,
+                    func.count(),
+                    func.count(col(Report.answered_at)),
+                    func.sum(overdue),
+                )
+                .where(col(Report.agency_id).in_(agency_ids), Report.created_at >= since)
+                .group_by(col(Report.agency_id))
+            )
+            by_agency = {a: (n, answered, int(late or 0)) for a, n, answered, late in stats}
+            sat = await s.exec(
+                select(
+                    RatingAnswer.counts_as,
+                    func.count(),
+                )
+                .join(Rating, col(Rating.id) == col(RatingAnswer.rating_id))
+                .where(Rating.created_at >= since)
+                .group_by(col(RatingAnswer.counts_as))
+            )
+            answers = dict(sat.all())
+            total = sum(answers.values())
+            rate = f"{100 * answers.get('satisfied', 0) / total:.1f}%" if total else "chưa có"
+            out = _Out()
+            for head in todo:
+                # The (head, week) row is the claim: another process that got there first
+                # makes this insert do nothing, and this one sends nothing.
+                claim = {"official_id": head.id, "week": week, "created_at": now}
+                if await insert_ignore(s, Digest, claim, ["official_id", "week"]) is None:
+                    continue
+                n, answered, late = by_agency.get(head.agency_id, (0, 0, 0))
+                if n == 0:
+                    continue
+                agency = directory.agencies.get(head.agency_id)
+                out.officials.setdefault(head.id, []).append(  # type: ignore[arg-type]
+                    (
+                        f"Tổng hợp tuần {week} — {agency.name if agency else ''}:\n"
+                        f"• Phản ánh nhận: {n}\n• Đã trả lời: {answered}\n"
+                        f"• Đang quá hạn: {late}\n"
+                        f"• Tỷ lệ hài lòng (toàn tỉnh, 7 ngày): {rate}",
+                        [],
+                    )
+                )
+                result.digests += 1
+            result.messages += await _write(s, out, now)
+
+    # ---- running on a schedule
+
+    def start(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(
+            self._safe_tick,
+            "interval",
+            seconds=self.settings.ladder.tick_seconds,
+            id="tick",
+            max_instances=1,
+            coalesce=True,
+            # The schedule runs on real time (the work itself on `self.clock`); the first
+            # tick comes one interval after start, when the service has settled.
+            next_run_time=datetime.now(UTC) + timedelta(seconds=self.settings.ladder.tick_seconds),
+        )
+        scheduler.start()
+        self._scheduler = scheduler  # type: ignore[assignment]
+
+    async def _safe_tick(self) -> None:
+        if self._scheduler is None:
+            return  # stopping
+        self._running = asyncio.current_task()
+        try:
+            await self.tick()
+        except Exception:
+            log.exception("tick failed; the work stays due and is retried on the next tick")
+        finally:
+            self._running = None
+
+    async def stop(self) -> None:
+        """No new ticks; a tick under way is cancelled (its transaction rolls back)."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            with contextlib.suppress(Exception):
+                scheduler.shutdown(wait=False)  # type: ignore[attr-defined]
+        running = self._running
+        if running is not None and not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running

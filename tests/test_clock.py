@@ -1,0 +1,295 @@
+"""The clock: deadlines in working days, the ladder, apologies, batched messages to heads.
+
+Time is a ManualClock moved by hand; `Ticker.tick()` is what the scheduler calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import String, func
+from sqlmodel import col, select
+
+from bot.app import Service
+from bot.clock import VIETNAM, ManualClock
+from bot.reports import open_report
+from bot.scheduler import Ticker
+from storage.db import Database
+from storage.models import (
+    Agency,
+    Citizen,
+    Conversation,
+    Official,
+    OfficialAccount,
+    OutboxMessage,
+    Report,
+    ReportEvent,
+)
+from tests.factories import routing, small_province
+
+# Monday 25 January 2027, 09:00 in Hà Nội; Tết (4–10 February) lies ahead.
+START = datetime(2027, 1, 25, 9, 0, tzinfo=VIETNAM)
+
+
+def local(y: int, m: int, d: int, h: int = 9) -> datetime:
+    return datetime(y, m, d, h, 0, tzinfo=VIETNAM)
+
+
+@pytest.fixture
+async def people(service: Service, clock: ManualClock) -> dict[str, int]:
+    """The province with officials at every level, each with a linked web chat account."""
+    clock.set(START)
+    async with service.db.transaction() as s:
+        ids = await routing(s, await small_province(s, clock.now()))
+        office = Agency(
+            code="H42.01",
+            name="Văn phòng UBND tỉnh Phú Thọ",
+            kind="office",
+            parent_id=ids["province"],
+            head_title="Chánh Văn phòng",
+        )
+        s.add(office)
+        await s.flush()
+        officials = {
+            "officer": Official(agency_id=ids["econ"], name="Phạm Văn An", role="officer"),
+            "unit_head": Official(agency_id=ids["econ"], name="Đỗ Thị Bình", role="head"),
+            "office_head": Official(agency_id=office.id, name="Vũ Văn Chính", role="head"),
+        }
+        s.add_all(officials.values())
+        await s.flush()
+        ward_head = await s.scalar(
+            select(Official).where(Official.agency_id == ids["ward"], Official.role == "head")
+        )
+        assert ward_head is not None
+        out = {**ids, **{k: o.id for k, o in officials.items()}, "ward_head": ward_head.id}  # type: ignore[dict-item]
+        for key in ("officer", "unit_head", "office_head", "ward_head"):
+            s.add(
+                OfficialAccount(
+                    official_id=out[key], channel="webchat", user_key=f"of-{key}", linked_at=START
+                )
+            )
+        return out
+
+
+async def new_report(
+    service: Service, people: dict[str, int], clock: ManualClock, n: int, **extra: object
+) -> int:
+    async with service.db.transaction() as s:
+        citizen = Citizen(created_at=clock.now())
+        s.add(citizen)
+        await s.flush()
+        s.add(
+            Conversation(
+                channel="webchat",
+                user_key=f"citizen-{n}",
+                citizen_id=citizen.id,
+                lang="vi",
+                vars={},
+                started_at=clock.now(),
+                updated_at=clock.now(),
+            )
+        )
+        report = Report(
+            code=f"PAKN.20270125.{n:04d}",
+            citizen_id=citizen.id,  # type: ignore[arg-type]
+            channel="webchat",
+            text="Hồ sơ tách thửa nộp từ tháng 12 đến nay chưa có kết quả",
+            source="chat",
+            field="land",
+            category="procedure",
+            agency_id=people["econ"],
+            commune_id=people["ward"],
+            created_at=clock.now(),
+            **extra,  # type: ignore[arg-type]
+        )
+        s.add(report)
+        await open_report(s, report, service.settings, service.calendar, clock.now())
+        return report.id  # type: ignore[return-value]
+
+
+def ticker(service: Service, clock: ManualClock, db: Database | None = None) -> Ticker:
+    return Ticker(db or service.db, service.settings, service.calendar, clock)
+
+
+async def sent_to(service: Service, recipient: str) -> list[str]:
+    async with service.db.sessions() as s:
+        rows = await s.exec(
+            select(OutboxMessage)
+            .where(OutboxMessage.recipient == recipient)
+            .order_by(col(OutboxMessage.id))
+        )
+        return [m.body["text"] for m in rows]
+
+
+async def report(service: Service, report_id: int) -> Report:
+    async with service.db.sessions() as s:
+        r = await s.get(Report, report_id)
+        assert r is not None
+        return r
+
+
+async def test_an_unanswered_report_climbs_the_ladder_on_working_days_across_tet(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    rid = await new_report(service, people, clock, 1)
+    r = await report(service, rid)
+    # 15 working days from Monday 25/01: Tết (4–10/02) and weekends do not count.
+    assert r.due_at == datetime(2027, 2, 22, 23, 59, tzinfo=VIETNAM)
+    assert r.level == 0
+
+    clock.set(local(2027, 2, 22, 23))  # the last hour of the deadline: nothing yet
+    assert (await ticker(service, clock).tick()).escalated == 0
+
+    clock.set(local(2027, 2, 23, 0) + timedelta(minutes=5))
+    result = await ticker(service, clock).tick()
+    assert (result.escalated, result.apologies, result.head_messages) == (1, 1, 1)
+    r = await report(service, rid)
+    assert r.level == 1 and r.due_at == datetime(2027, 3, 1, 23, 59, tzinfo=VIETNAM)
+    [apology] = await sent_to(service, "citizen-1")
+    assert "Thành thật xin lỗi" in apology and "hạn 22/02/2027" in apology
+    assert "hạn trả lời mới là ngày 01/03/2027" in apology
+    [to_head] = await sent_to(service, "of-unit_head")
+    assert "PAKN.20270125.0001: quá hạn 22/02/2027, hạn mới 01/03/2027" in to_head
+
+    # The same moment again, or a second tick: nothing is produced twice.
+    assert (await ticker(service, clock).tick()).escalated == 0
+    assert len(await sent_to(service, "citizen-1")) == 1
+
+    clock.set(local(2027, 3, 2))
+    assert (await ticker(service, clock).tick()).escalated == 1
+    r = await report(service, rid)
+    # The head of the competent agency above the unit: the ward's chairman.
+    assert r.level == 2 and r.due_at == datetime(2027, 3, 8, 23, 59, tzinfo=VIETNAM)
+    assert len(await sent_to(service, "of-ward_head")) == 1
+
+    clock.set(local(2027, 3, 9))
+    assert (await ticker(service, clock).tick()).escalated == 1
+    r = await report(service, rid)
+    assert r.level == 3 and r.due_at == datetime(2027, 3, 15, 23, 59, tzinfo=VIETNAM)
+    assert len(await sent_to(service, "of-office_head")) == 1
+    to_citizen = await sent_to(service, "citizen-1")
+    assert len([m for m in to_citizen if "xin lỗi" in m]) == 3  # one per missed deadline
+    # While late, a word on how it stands every 7 days (02/03 and 09/03).
+    assert len([m for m in to_citizen if "vẫn đang được xử lý" in m]) == 2
+    async with service.db.sessions() as s:
+        events = list(
+            await s.exec(
+                select(ReportEvent.action, ReportEvent.level)
+                .where(ReportEvent.report_id == rid)
+                .order_by(col(ReportEvent.id))
+            )
+        )
+    assert [e for e in events if e[0] == "escalated"] == [
+        ("escalated", 1),
+        ("escalated", 2),
+        ("escalated", 3),
+    ]
+
+
+async def test_each_head_gets_one_message_per_tick_listing_all_their_overdue_reports(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    ids = [await new_report(service, people, clock, n) for n in range(1, 8)]
+    clock.set(local(2027, 2, 23))
+    result = await ticker(service, clock).tick()
+    assert (result.escalated, result.head_messages) == (7, 1)
+    [message] = await sent_to(service, "of-unit_head")
+    assert message.startswith("Có 7 phản ánh, kiến nghị quá hạn")
+    assert all(f"PAKN.20270125.{n:04d}" in message for n in range(1, 8))
+    async with service.db.sessions() as s:
+        row = await s.scalar(select(OutboxMessage).where(OutboxMessage.recipient == "of-unit_head"))
+    assert row is not None
+    buttons = row.body["buttons"]
+    assert len(buttons) == 5  # Zalo's limit
+    assert buttons[0] == {"payload": f"of:open:{ids[0]}", "title": "Mở PAKN.20270125.0001"}
+
+
+async def test_a_head_never_receives_a_complaint_about_themselves(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    rid = await new_report(service, people, clock, 1, accused_official_id=people["unit_head"])
+    clock.set(local(2027, 2, 23))
+    await ticker(service, clock).tick()
+    assert (await report(service, rid)).level == 2
+    assert await sent_to(service, "of-unit_head") == []
+    assert len(await sent_to(service, "of-ward_head")) == 1
+
+
+async def test_conduct_complaints_start_one_level_up(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    rid = await new_report(service, people, clock, 1)
+    async with service.db.transaction() as s:
+        r = await s.get(Report, rid)
+        assert r is not None
+        r.category = "conduct"
+        await open_report(s, r, service.settings, service.calendar, clock.now())
+    assert (await report(service, rid)).level == 1
+
+
+async def test_work_missed_while_the_service_was_down_is_done_once_each(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    rid = await new_report(service, people, clock, 1)
+    clock.set(local(2027, 3, 20))  # down from before 22/02 until after 15/03
+    t = ticker(service, clock)
+    totals = [(await t.tick()).escalated for _ in range(5)]
+    # Three deadlines passed (22/02, 01/03, 08/03) and the top level's (15/03): four.
+    assert totals == [1, 1, 1, 1, 0]
+    to_citizen = await sent_to(service, "citizen-1")
+    assert len([m for m in to_citizen if "xin lỗi" in m]) == 4
+    r = await report(service, rid)
+    assert r.level == 3 and r.due_at == datetime(2027, 3, 22, 23, 59, tzinfo=VIETNAM)
+
+
+async def test_answered_reports_stop_climbing(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    rid = await new_report(service, people, clock, 1)
+    async with service.db.transaction() as s:
+        r = await s.get(Report, rid)
+        assert r is not None
+        from bot.reports import transition
+
+        await transition(s, r, "reply", clock.now(), "official", people["officer"], "Đã xử lý")
+    clock.set(local(2027, 3, 20))
+    assert (await ticker(service, clock).tick()).escalated == 0
+    assert await sent_to(service, "citizen-1") == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_two_processes_on_one_postgresql_produce_each_notice_once(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    for n in range(1, 41):
+        await new_report(service, people, clock, n)
+    other = Database(service.settings.storage.url, service.settings.base_dir, 5)
+    try:
+        a, b = ticker(service, clock), ticker(service, clock, other)
+        a.batch = b.batch = 7  # many small claims, interleaved
+        for day in (local(2027, 2, 23), local(2027, 3, 2), local(2027, 3, 9)):
+            clock.set(day)
+            for _ in range(8):
+                await asyncio.gather(a.tick(), b.tick())
+    finally:
+        await other.dispose()
+    async with service.db.sessions() as s:
+        per_report = dict(
+            (
+                await s.exec(
+                    select(ReportEvent.report_id, func.count())
+                    .where(ReportEvent.action == "escalated")
+                    .group_by(col(ReportEvent.report_id))
+                )
+            ).all()
+        )
+        apologies = await s.scalar(
+            select(func.count()).where(
+                col(OutboxMessage.recipient).like("citizen-%"),
+                col(OutboxMessage.body).cast(String).like("%xin l%"),
+            )
+        )
+    assert len(per_report) == 40 and set(per_report.values()) == {3}
+    assert apologies == 120
