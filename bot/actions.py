@@ -32,13 +32,14 @@ from nlu.text import find_dossier_code, find_report_code, fold, is_greeting
 from storage.models import (
     Agency,
     Dossier,
+    DossierWatch,
     FieldOfWork,
     Procedure,
     Rating,
     RatingAnswer,
     Report,
 )
-from storage.ops import next_in_sequence
+from storage.ops import insert_ignore, next_in_sequence
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,16 @@ async def find_dossier(ctx: ActionContext, args: Mapping[str, str]) -> ActionDon
     return ActionDone(
         "ready", {**found, **fresh, "criteria_count": len(ctx.settings.rating.criteria)}
     )
+
+
+@action("watch_dossier")
+async def watch_dossier(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone:
+    """The citizen will be invited to rate the dossier when it is completed."""
+    dossier = ctx.vars.get("dossier") or {}
+    if dossier.get("id"):
+        values = {"dossier_id": dossier["id"], "citizen_id": ctx.citizen_id, "created_at": ctx.now}
+        await insert_ignore(ctx.session, DossierWatch, values, ["dossier_id", "citizen_id"])
+    return ActionDone("watching")
 
 
 @action("save_rating")

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from sqlmodel import select
+from sqlalchemy import update
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.clock import VIETNAM
 from bot.workdays import WorkCalendar
-from storage.models import Agency, Dossier, DossierEvent, Procedure
+from storage.models import Agency, Dossier, DossierEvent, DossierWatch, Procedure
 from storage.ops import insert_ignore
 
 EVENTS = ("received", "completed", "late")
@@ -115,6 +116,15 @@ async def apply_event(
     elif ev.event == "completed":
         dossier.status = "completed"
         dossier.completed_at = ev.at
+        # Citizens who asked about it while it was in progress are invited to rate it.
+        await session.exec(
+            update(DossierWatch)
+            .where(
+                col(DossierWatch.dossier_id) == dossier.id,
+                col(DossierWatch.invited_at).is_(None),
+            )
+            .values(invite_at=now)
+        )  # type: ignore[call-overload]
     elif ev.event == "late" and dossier.status != "completed":
         dossier.status = "late"
     if ev.due_at is not None:

@@ -31,14 +31,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.channels.base import message_body
 from bot.clock import VIETNAM, Clock, local_date
 from bot.config import Settings
+from bot.invitations import invitations
 from bot.reports import SETTLED, Directory, deadline, event_row, next_reminder, record_all
 from bot.workdays import WorkCalendar
 from storage.db import Database
 from storage.models import (
     Conversation,
     Digest,
+    Dossier,
     OfficialAccount,
     OutboxMessage,
+    Procedure,
     Rating,
     RatingAnswer,
     Report,
@@ -69,12 +72,13 @@ class TickResult:
     reminders: int = 0
     updates: int = 0
     digests: int = 0
+    invitations: int = 0
     messages: int = 0
     seconds: float = 0.0
 
     @property
     def work(self) -> int:
-        return self.escalated + self.reminders + self.updates + self.digests
+        return self.escalated + self.reminders + self.updates + self.digests + self.invitations
 
 
 @dataclass
@@ -209,6 +213,7 @@ class Ticker:
         await self._reminders(now, result)
         await self._updates(now, result)
         await self._digests(now, result)
+        await self._invitations(now, result)
         result.seconds = asyncio.get_running_loop().time() - started
         if result.messages:
             self.on_outbox()
@@ -370,33 +375,45 @@ class Ticker:
             todo = [o for o in heads.values() if o.id not in done]
             if not todo:
                 return
-            agency_ids = [o.agency_id for o in todo]
-            overdue = case((col(Report.due_at) < now, 1), else_=0) * case(
-                (col(Report.status).in_(SETTLED), 0), else_=1
+            # A head answers for their agency and the units below it.
+            children: dict[int, list[int]] = {}
+            for a in directory.agencies.values():
+                if a.parent_id is not None:
+                    children.setdefault(a.parent_id, []).append(a.id)  # type: ignore[arg-type]
+
+            def subtree(agency_id: int) -> set[int]:
+                seen, todo_ids = set(), [agency_id]
+                while todo_ids:
+                    a = todo_ids.pop()
+                    if a not in seen:
+                        seen.add(a)
+                        todo_ids.extend(children.get(a, []))
+                return seen
+
+            late = case(
+                (col(Report.status).in_(SETTLED), 0), (col(Report.due_at) < now, 1), else_=0
             )
-            stats = await s.exec(
-                select(
-                    Report.agency_id,
-                    func.count(),
-                    func.count(col(Report.answered_at)),
-                    func.sum(overdue),
+            on_time = case((col(Report.answered_at) <= col(Report.due_at), 1), else_=0)
+            reports = {
+                agency: (n, int(ok or 0), int(overdue or 0))
+                for agency, n, ok, overdue in await s.exec(
+                    select(Report.agency_id, func.count(), func.sum(on_time), func.sum(late))
+                    .where(Report.created_at >= since)
+                    .group_by(col(Report.agency_id))
                 )
-                .where(col(Report.agency_id).in_(agency_ids), Report.created_at >= since)
-                .group_by(col(Report.agency_id))
-            )
-            by_agency = {a: (n, answered, int(late or 0)) for a, n, answered, late in stats}
-            sat = await s.exec(
-                select(
-                    RatingAnswer.counts_as,
-                    func.count(),
+            }
+            answers = list(
+                await s.exec(
+                    select(Dossier.agency_id, Procedure.name, RatingAnswer.counts_as, func.count())
+                    .join(Rating, col(Rating.id) == col(RatingAnswer.rating_id))
+                    .join(Dossier, col(Dossier.id) == col(Rating.dossier_id))
+                    .join(Procedure, col(Procedure.id) == col(Dossier.procedure_id))
+                    .where(Rating.created_at >= since)
+                    .group_by(
+                        col(Dossier.agency_id), col(Procedure.name), col(RatingAnswer.counts_as)
+                    )
                 )
-                .join(Rating, col(Rating.id) == col(RatingAnswer.rating_id))
-                .where(Rating.created_at >= since)
-                .group_by(col(RatingAnswer.counts_as))
             )
-            answers = dict(sat.all())
-            total = sum(answers.values())
-            rate = f"{100 * answers.get('satisfied', 0) / total:.1f}%" if total else "chưa có"
             out = _Out()
             for head in todo:
                 # The (head, week) row is the claim: another process that got there first
@@ -404,21 +421,46 @@ class Ticker:
                 claim = {"official_id": head.id, "week": week, "created_at": now}
                 if await insert_ignore(s, Digest, claim, ["official_id", "week"]) is None:
                     continue
-                n, answered, late = by_agency.get(head.agency_id, (0, 0, 0))
-                if n == 0:
+                scope = subtree(head.agency_id)
+                n = sum(reports.get(a, (0, 0, 0))[0] for a in scope)
+                ok = sum(reports.get(a, (0, 0, 0))[1] for a in scope)
+                overdue = sum(reports.get(a, (0, 0, 0))[2] for a in scope)
+                per_proc: dict[str, list[int]] = {}
+                for agency_id, proc, counts_as, k in answers:
+                    if agency_id in scope:
+                        tally = per_proc.setdefault(proc, [0, 0])
+                        tally[0] += k if counts_as == "satisfied" else 0
+                        tally[1] += k
+                rated = sum(t[1] for t in per_proc.values())
+                if n == 0 and rated == 0:
                     continue
+                satisfied = sum(t[0] for t in per_proc.values())
+                rate = f"{100 * satisfied / rated:.1f}% ({rated} lượt)" if rated else "chưa có"
+                worst = sorted(
+                    ((t[0] / t[1], proc) for proc, t in per_proc.items() if t[1] >= 3),
+                )[:3]
+                lines = [f"   – {proc}: {100 * r:.0f}%" for r, proc in worst if r < 1]
                 agency = directory.agencies.get(head.agency_id)
-                out.officials.setdefault(head.id, []).append(  # type: ignore[arg-type]
-                    (
-                        f"Tổng hợp tuần {week} — {agency.name if agency else ''}:\n"
-                        f"• Phản ánh nhận: {n}\n• Đã trả lời: {answered}\n"
-                        f"• Đang quá hạn: {late}\n"
-                        f"• Tỷ lệ hài lòng (toàn tỉnh, 7 ngày): {rate}",
-                        [],
-                    )
+                text = (
+                    f"Tổng hợp tuần {week} — {agency.name if agency else ''}:\n"
+                    f"• Phản ánh, kiến nghị nhận: {n}\n• Trả lời đúng hạn: {ok}\n"
+                    f"• Đang quá hạn: {overdue}\n• Tỷ lệ hài lòng: {rate}"
                 )
+                if lines:
+                    text += "\n• Thủ tục có tỷ lệ hài lòng thấp nhất:\n" + "\n".join(lines)
+                out.officials.setdefault(head.id, []).append((text, []))  # type: ignore[arg-type]
                 result.digests += 1
             result.messages += await _write(s, out, now)
+
+    # ---- rating invitations when a watched dossier is completed (bot/invitations.py)
+
+    async def _invitations(self, now: datetime, result: TickResult) -> None:
+        async with self.db.transaction() as s:
+            invited, reminded, messages = await invitations(
+                s, self.settings, now, self.batch, self.pg
+            )
+        result.invitations += invited + reminded
+        result.messages += messages
 
     # ---- running on a schedule
 

@@ -32,6 +32,11 @@ ACTIONS: dict[str, ActionSpec] = {
         args=("code",),
         outcomes=("ready", "not_found", "not_completed", "already_rated"),
     ),
+    "watch_dossier": ActionSpec(
+        "Remember that this citizen waits for the dossier's result (to invite them to rate).",
+        args=(),
+        outcomes=("watching",),
+    ),
     "save_rating": ActionSpec(
         "Store the answers and the comment as the dossier's one rating.",
         args=(),

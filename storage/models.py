@@ -249,6 +249,23 @@ class ReportEvent(SQLModel, table=True):
     note: str | None = None
 
 
+class DossierWatch(SQLModel, table=True):
+    """A citizen waiting for a dossier's result, to be invited to rate it (once, plus one
+    reminder). Made when they ask about a dossier still in progress."""
+
+    __tablename__ = "dossier_watch"
+    __table_args__ = (UniqueConstraint("dossier_id", "citizen_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    dossier_id: int = Field(foreign_key="dossier.id", index=True)
+    citizen_id: int = Field(foreign_key="citizen.id")
+    created_at: datetime
+    # Due work for the clock: the invitation (set when the dossier is completed) and the
+    # one reminder after it.
+    invite_at: datetime | None = Field(default=None, index=True)
+    reminder_at: datetime | None = Field(default=None, index=True)
+    invited_at: datetime | None = None
+
+
 class Digest(SQLModel, table=True):
     """A weekly digest sent to a head: one row per (head, week), so it is sent once."""
 

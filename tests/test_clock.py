@@ -293,3 +293,72 @@ async def test_two_processes_on_one_postgresql_produce_each_notice_once(
         )
     assert len(per_report) == 40 and set(per_report.values()) == {3}
     assert apologies == 120
+
+
+async def test_a_citizen_waiting_for_a_dossier_is_invited_to_rate_it_once_and_reminded_once(
+    service: Service, http, chat, clock: ManualClock
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import API_TOKEN
+    from tests.factories import IN_PROGRESS
+
+    async with service.db.transaction() as s:
+        await small_province(s, clock.now())
+    asked = texts_of(await chat.start(IN_PROGRESS))
+    assert "chúng tôi sẽ nhắn tin mời anh/chị đánh giá" in asked
+    await chat.say("menu")
+    t = ticker(service, clock)
+    assert (await t.tick()).invitations == 0  # not completed yet
+
+    r = await http.post(
+        "/api/v1/dossiers",
+        json={
+            "code": IN_PROGRESS,
+            "procedure_code": "1.004227",
+            "agency_code": "H42.15.01",
+            "event": "completed",
+            "at": clock.now().isoformat(),
+        },
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    assert r.status in (200, 201), await r.text()
+    assert (await t.tick()).invitations == 1
+    assert (await t.tick()).invitations == 0  # once
+    [invitation] = await chat.replies()
+    assert f"Hồ sơ {IN_PROGRESS}" in invitation["text"] and "đã có kết quả" in invitation["text"]
+
+    clock.advance(days=3)
+    assert (await t.tick()).invitations == 1
+    [reminder] = await chat.replies()
+    assert reminder["text"].startswith("Nhắc lại")
+    clock.advance(days=10)
+    assert (await t.tick()).invitations == 0  # only one reminder
+
+
+def texts_of(messages: list[dict]) -> str:
+    return "\n".join(m["text"] for m in messages)
+
+
+async def test_each_head_gets_one_weekly_digest(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    for n in range(1, 4):
+        await new_report(service, people, clock, n)
+    async with service.db.transaction() as s:
+        from bot.reports import transition
+
+        r = await s.get(Report, 1)
+        assert r is not None
+        await transition(s, r, "reply", clock.now(), "official", people["officer"], "Đã trả lời")
+    clock.set(local(2027, 2, 1, 8) + timedelta(minutes=1))  # Monday 08:01: this week's digest
+    t = ticker(service, clock)
+    first = await t.tick()
+    assert first.digests >= 1
+    [digest] = [m for m in await sent_to(service, "of-unit_head") if "Tổng hợp tuần" in m]
+    assert digest.startswith("Tổng hợp tuần 2027-W05 — Phòng Kinh tế, Hạ tầng và Đô thị")
+    assert "• Phản ánh, kiến nghị nhận: 3\n• Trả lời đúng hạn: 1\n• Đang quá hạn: 0" in digest
+    # The ward's chairman answers for the unit below the ward too.
+    [ward] = [m for m in await sent_to(service, "of-ward_head") if "Tổng hợp tuần" in m]
+    assert "nhận: 3" in ward
+    assert (await t.tick()).digests == 0  # once a week
+    clock.set(local(2027, 2, 8, 9))
+    assert (await t.tick()).digests == 0  # nothing received that week: nothing to say
