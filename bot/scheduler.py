@@ -102,7 +102,8 @@ def _due(column: object, now: datetime, batch: int, pg: bool):  # type: ignore[n
 async def _claim(
     s: AsyncSession, column: object, now: datetime, batch: int, pg: bool
 ) -> list[Report]:
-    """The first `batch` reports due by `column`, oldest first, claimed (an index range scan).
+    """The first `batch` reports due by `column`, oldest first, claimed; found through the
+    column's index (only the due part of it is read), never by scanning the table.
 
     They come detached from the session: the work sets their fields and `_save` writes
     them back in one statement, instead of an ORM flush row by row.

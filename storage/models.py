@@ -213,7 +213,8 @@ class Report(SQLModel, table=True):
     agency_id: int | None = Field(default=None, foreign_key="agency.id", index=True)
     # new → assigned → in_progress → answered → resolved → closed; reopened climbs again
     status: str = Field(default="new", max_length=20, index=True)
-    created_at: datetime
+    # Indexed for the weekly digest (reports of the last 7 days).
+    created_at: datetime = Field(index=True)
     # The official handling it (accepted it), and the official it is about, when known.
     official_id: int | None = Field(default=None, foreign_key="official.id")
     accused_official_id: int | None = Field(default=None, foreign_key="official.id")
