@@ -203,6 +203,8 @@ class ConversationService:
                     Conversation.channel == channel, Conversation.user_key == user_key
                 )
             )
+            if conv is not None and conv.vars.get("_desk"):
+                return known  # an official's reply or reason: for the desk, not for Rasa
             lang = conv.lang if conv else self.settings.chat.default_language
             lib = await self.flows.library(s, conv.flow_version_id if conv else None)
         state = self._state(conv, ev, lang)
