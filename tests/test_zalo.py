@@ -272,3 +272,52 @@ async def test_a_platform_that_does_not_answer_is_a_temporary_failure_not_a_loss
     finally:
         await channel.stop()
         await db.dispose()
+
+
+async def test_an_official_on_zalo_takes_up_a_report_with_its_buttons(
+    bot: Bot, fake: FakeZalo, clock: ManualClock
+) -> None:
+    """Report buttons travel as oa.query.hide: the tap brings back the payload, not the title."""
+    from bot.officials import issue_link_code
+    from storage.models import Agency, Official, Report
+    from tests.factories import routing
+
+    service, http = bot
+    async with service.db.transaction() as s:
+        ids = {a.code: a.id for a in await s.exec(select(Agency))}
+        await routing(
+            s,
+            {
+                "province": ids["000.00.00.H42"],
+                "ward": ids["H42.15.01"],
+                "police": ids["000.00.10.H42"],
+            },
+        )
+        econ = await s.scalar(select(Agency).where(Agency.code == "H42.15.01.01"))
+        assert econ is not None
+        officer = Official(agency_id=econ.id, name="Phạm Văn An", role="officer")  # type: ignore[arg-type]
+        s.add(officer)
+        await s.flush()
+        code = await issue_link_code(s, officer.id, clock.now())  # type: ignore[arg-type]
+    official = Citizen(fake, http, clock, user="5550001112223334445")
+    assert "Đã liên kết" in (await official.say(code))[0].text
+
+    citizen = Citizen(fake, http, clock)
+    await citizen.say("menu")
+    await citizen.tap("Gửi phản ánh, kiến nghị")
+    await citizen.say("Hồ sơ tách thửa nộp từ tháng 8 đến nay chưa có kết quả")
+    await citizen.tap("Đất đai")
+    await citizen.tap("Không có mã hồ sơ")
+    await citizen.say("phường Việt Trì")
+
+    [notice] = await official.replies()
+    assert notice.text.startswith("Phản ánh mới") or "PAKN." in notice.text
+    assert all(b["type"] == "oa.query.hide" for b in notice.buttons)
+    assert notice.buttons[0]["payload"].startswith("of:accept:")
+    await official.tap("Nhận xử lý")
+    async with service.db.sessions() as s:
+        report = await s.scalar(select(Report))
+    assert report is not None and report.status == "assigned"
+    assert report.official_id == officer.id
+    told = await citizen.replies()
+    assert any("tiếp nhận xử lý" in m.text for m in told)
