@@ -40,7 +40,17 @@ from bot.channels.base import message_body
 from bot.clock import local_date
 from bot.config import Settings
 from bot.officials import notify_official
-from bot.reports import TRANSITIONS, Directory, TransitionError, reopen, responsible, transition
+from bot.reports import (
+    TRANSITIONS,
+    Directory,
+    TransitionError,
+    deadline,
+    first_level,
+    next_reminder,
+    reopen,
+    responsible,
+    transition,
+)
 from bot.workdays import WorkCalendar
 from nlu.text import fold
 from storage.models import (
@@ -649,12 +659,20 @@ async def reassign(
     await _check_state(s, report, "reassign", official, lang)
     before = report.agency_id
     report.agency_id = target.id
+    note = f"→ {target.code}: {reason.strip()}"
     try:
-        await _transition(s, report, "reassign", now, official, note=reason.strip(), lang=lang)
+        await _transition(s, report, "reassign", now, official, note=note, lang=lang)
     except DeskError:  # pragma: no cover - _check_state saw the same state
         report.agency_id = before
         raise
     report.official_id = None
+    # The competent agency starts afresh: its first level and a whole answer period.
+    calendar = WorkCalendar(settings.workdays.extra_days_off, settings.workdays.makeup_working_days)
+    days = settings.deadlines.answer_days_for(report.field, report.category)
+    report.level = min(first_level(report), len(settings.ladder.levels) - 1)
+    report.due_at = deadline(calendar, now, days)
+    report.next_escalation_at = report.due_at
+    report.next_reminder_at = next_reminder(settings, calendar, now, days, now)
     old = await _agency_name(s, before)
     await announce(
         s,

@@ -407,7 +407,7 @@ async def test_an_official_sends_a_report_to_another_agency_with_a_reason(desk: 
     assert (last.action, last.official_id, last.note) == (
         "reassign",
         desk.ids["officer_official"],
-        reason,
+        f"→ H42.10.01: {reason}",  # where it went, and why
     )
     [notice] = await desk.land.replies()
     assert notice.text.startswith(f"Phản ánh {code} được chuyển đến {LAND_OFFICE} từ {ECON}.")

@@ -215,7 +215,13 @@ def test_officials_act_on_reports_from_the_command_line(db_url: str, settings: S
     assert moved.returncode == 0, moved.stderr
     report, events, _ = asyncio.run(_state(db_url, late))
     assert asyncio.run(_agency_code(db_url, report.agency_id)) == "000.00.00.H42"
-    assert (events[-1].action, events[-1].note) == ("reassign", "Đề nghị UBND tỉnh chỉ đạo")
+    assert (events[-1].action, events[-1].note) == (
+        "reassign",
+        "→ 000.00.00.H42: Đề nghị UBND tỉnh chỉ đạo",
+    )
+    # The new agency gets a whole answer period from now, from its first level.
+    assert report.level == 0 and report.due_at is not None
+    assert report.next_escalation_at == report.due_at
 
     missing = bot(db_url, "report", "accept", "PAKN.20990101.0001", "--official", officer)
     assert missing.returncode == 1 and "Không tìm thấy phản ánh" in missing.stderr
