@@ -205,6 +205,10 @@ def build_app(service: Service) -> web.Application:
 async def seed_startup(service: Service) -> None:
     """What every start does before serving: publish new or changed shipped flows."""
     async with service.db.transaction() as s:
+        if not service.db.is_sqlite:
+            # Processes starting together seed one after the other (SQLite's writer lock
+            # does this already): the second finds the flows published.
+            await s.exec(text("SELECT pg_advisory_xact_lock(7140001)"))  # type: ignore[call-overload]
         for note in await seed_flows(s, service.settings, service.clock.now()):
             log.info("flow published from flows/data: %s", note)
 

@@ -362,3 +362,81 @@ async def test_each_head_gets_one_weekly_digest(
     assert (await t.tick()).digests == 0  # once a week
     clock.set(local(2027, 2, 8, 9))
     assert (await t.tick()).digests == 0  # nothing received that week: nothing to say
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_two_bot_processes_escalate_each_report_once(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    """Two real `bot.py run` processes, each ticking every second on the real clock."""
+    import os
+    import signal
+    import sys
+    from datetime import UTC
+
+    from tests.conftest import ROOT
+    from tests.test_cli import free_port
+
+    clock.set(datetime.now(UTC) - timedelta(days=60))  # deadlines long past, for real
+    for n in range(1, 31):
+        await new_report(service, people, clock, n)
+    procs = []
+    for _ in range(2):
+        env = {
+            **os.environ,
+            "HAILONG_STORAGE_URL": service.settings.storage.url,
+            "HAILONG_SERVER_PORT": str(free_port()),
+            "HAILONG_NLU_AUTOSTART": "false",
+            "HAILONG_NLU_URL": "http://127.0.0.1:9",
+            "HAILONG_DEMO_AUTOLOAD": "false",
+            "HAILONG_LADDER_TICK_SECONDS": "0.5",
+            "PYTHONUNBUFFERED": "1",
+        }
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "bot.py",
+                "run",
+                cwd=ROOT,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        )
+    try:
+        # 60 days late: every deadline up the ladder has passed; each is produced once.
+        for _ in range(120):
+            await asyncio.sleep(0.5)
+            async with service.db.sessions() as s:
+                left = await s.scalar(
+                    select(func.count()).where(col(Report.next_escalation_at) <= datetime.now(UTC))
+                )
+            if left == 0:
+                break
+        await asyncio.sleep(2)  # a few more ticks in both processes: nothing more
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            await asyncio.wait_for(p.wait(), 30)
+    async with service.db.sessions() as s:
+        per_report = dict(
+            (
+                await s.exec(
+                    select(ReportEvent.report_id, func.count())
+                    .where(ReportEvent.action == "escalated")
+                    .group_by(col(ReportEvent.report_id))
+                )
+            ).all()
+        )
+        apologies = await s.scalar(
+            select(func.count()).where(
+                col(OutboxMessage.recipient).like("citizen-%"),
+                col(OutboxMessage.body).cast(String).like("%xin l%"),
+            )
+        )
+    assert len(per_report) == 30
+    counts = set(per_report.values())
+    assert len(counts) == 1 and counts.pop() >= 4  # every missed deadline, the same for all
+    assert apologies == sum(per_report.values())
