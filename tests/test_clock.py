@@ -6,6 +6,7 @@ Time is a ManualClock moved by hand; `Ticker.tick()` is what the scheduler calls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 
 import pytest
@@ -416,10 +417,13 @@ async def test_two_bot_processes_escalate_each_report_once(
                 break
         await asyncio.sleep(2)  # a few more ticks in both processes: nothing more
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
+        for p in procs:  # one that already exited must not keep the other running
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
         for p in procs:
             await asyncio.wait_for(p.wait(), 30)
+    assert [p.returncode for p in procs] == [0, 0]  # both ran until told to stop
     async with service.db.sessions() as s:
         per_report = dict(
             (
