@@ -16,18 +16,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.channels.base import message_body
 from bot.config import Settings
 from storage.models import Conversation, Dossier, DossierWatch, OutboxMessage, Procedure, Rating
+from storage.ops import due_rows
 
 REMINDER_AFTER = timedelta(days=2)
-
-
-def _due(column: object, now: datetime, batch: int, pg: bool):  # type: ignore[no-untyped-def]
-    query = (
-        select(DossierWatch)
-        .where(col(column) <= now)  # type: ignore[arg-type]
-        .order_by(col(column))  # type: ignore[arg-type]
-        .limit(batch)
-    )
-    return query.with_for_update(skip_locked=True) if pg else query
 
 
 async def _send(s: AsyncSession, citizen_id: int, text: str, now: datetime) -> int:
@@ -57,7 +48,7 @@ async def invitations(
 ) -> tuple[int, int, int]:
     """Send due invitations and reminders; returns (invitations, reminders, messages)."""
     invited = reminded = messages = 0
-    for watch in list(await s.exec(_due(DossierWatch.invite_at, now, batch, pg))):
+    for watch in list(await s.exec(due_rows(DossierWatch, DossierWatch.invite_at, now, batch, pg))):
         watch.invite_at = None
         row = (
             await s.exec(
@@ -81,7 +72,9 @@ async def invitations(
             now,
         )
         invited += 1
-    for watch in list(await s.exec(_due(DossierWatch.reminder_at, now, batch, pg))):
+    for watch in list(
+        await s.exec(due_rows(DossierWatch, DossierWatch.reminder_at, now, batch, pg))
+    ):
         watch.reminder_at = None
         if await _rated(s, watch.dossier_id):
             continue

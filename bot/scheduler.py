@@ -46,7 +46,7 @@ from storage.models import (
     RatingAnswer,
     Report,
 )
-from storage.ops import insert_ignore
+from storage.ops import due_rows, insert_ignore
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,6 @@ class _Out:
     officials: dict[int, list[tuple[str, list[dict[str, str]]]]] = field(default_factory=dict)
 
 
-def _due(column: object, now: datetime, batch: int, pg: bool):  # type: ignore[no-untyped-def]
-    query = (
-        select(Report)
-        .where(col(column) <= now)  # type: ignore[arg-type]
-        .order_by(col(column))  # type: ignore[arg-type]
-        .limit(batch)
-    )
-    return query.with_for_update(skip_locked=True) if pg else query
-
-
 async def _claim(
     s: AsyncSession, column: object, now: datetime, batch: int, pg: bool
 ) -> list[Report]:
@@ -108,7 +98,7 @@ async def _claim(
     They come detached from the session: the work sets their fields and `_save` writes
     them back in one statement, instead of an ORM flush row by row.
     """
-    due = list(await s.exec(_due(column, now, batch, pg)))
+    due = list(await s.exec(due_rows(Report, column, now, batch, pg)))
     for r in due:
         s.expunge(r)
     return due

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.models import Counter
@@ -36,3 +37,11 @@ async def next_in_sequence(session: AsyncSession, name: str) -> int:
         index_elements=["name"], set_={"value": Counter.value + 1}
     ).returning(Counter.value)
     return int((await session.exec(stmt)).scalar_one())
+
+
+def due_rows(table: type[SQLModel], column: Any, now: datetime, batch: int, pg: bool) -> Any:
+    """The first `batch` rows of `table` due by `column` (<= now), oldest first, through the
+    column's index; on PostgreSQL claimed with FOR UPDATE SKIP LOCKED, so processes
+    working at once never take the same row (SQLite has one writer anyway)."""
+    query = select(table).where(col(column) <= now).order_by(col(column)).limit(batch)
+    return query.with_for_update(skip_locked=True) if pg else query
