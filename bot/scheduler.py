@@ -458,6 +458,8 @@ class Ticker:
     def start(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+        # Its "Running job …" lines every tick would drown the log; our tick logs its work.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(
             self._safe_tick,
