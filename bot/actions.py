@@ -265,7 +265,8 @@ async def create_feedback(ctx: ActionContext, args: Mapping[str, str]) -> Action
         created_at=ctx.now,
     )
     ctx.session.add(report)
-    await open_report(ctx.session, report, ctx.settings, ctx.calendar, ctx.now)
+    why = routed.reason if routed else None
+    await open_report(ctx.session, report, ctx.settings, ctx.calendar, ctx.now, why)
     return ActionDone("created", {"report_code": code})
 
 
@@ -373,9 +374,15 @@ async def classify_complaint(ctx: ExternalContext, args: Mapping[str, str]) -> A
 # ---------------------------------------------------------------- reports
 
 REPORT_STATUS: dict[str, dict[str, str]] = {
-    "new": {"vi": "Đã tiếp nhận, đang chờ cơ quan xử lý", "en": "Received, waiting to be handled"},
-    "assigned": {"vi": "Đã giao cán bộ xử lý", "en": "Assigned to an official"},
-    "in_progress": {"vi": "Đang xử lý", "en": "Being handled"},
+    "new": {
+        "vi": "Đã tiếp nhận, đang xác định cơ quan có thẩm quyền",
+        "en": "Received, finding the competent agency",
+    },
+    "assigned": {
+        "vi": "Đã chuyển đến cơ quan có thẩm quyền, chờ cán bộ nhận xử lý",
+        "en": "Sent to the competent agency, waiting to be taken up",
+    },
+    "in_progress": {"vi": "Đang được cán bộ xử lý", "en": "Being handled by an official"},
     "answered": {"vi": "Đã có trả lời", "en": "Answered"},
     "resolved": {"vi": "Đã giải quyết", "en": "Resolved"},
     "closed": {"vi": "Đã kết thúc", "en": "Closed"},
@@ -457,7 +464,8 @@ async def create_report(ctx: ActionContext, args: Mapping[str, str]) -> ActionDo
         created_at=ctx.now,
     )
     ctx.session.add(report)
-    await open_report(ctx.session, report, ctx.settings, ctx.calendar, ctx.now)
+    why = routed.reason if routed else None
+    await open_report(ctx.session, report, ctx.settings, ctx.calendar, ctx.now, why)
     report = {
         "code": code,
         "field_name": names.get(field, field),

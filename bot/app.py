@@ -241,7 +241,7 @@ async def start_service(service: Service) -> None:
     service.tasks.append(
         asyncio.create_task(
             backfill.run_forever(
-                service.db, service.nlu, service.settings.nlu.backfill_every_seconds
+                service.db, service.nlu, service.settings, service.calendar, service.clock
             ),
             name="nlu-backfill",
         )

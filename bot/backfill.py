@@ -4,7 +4,7 @@ A report created with `nlu_status = "pending"` (Rasa down, slow or circuit open;
 dissatisfied rating's comment, whose category nobody has read yet) gets Rasa's reading
 here: `nlu_field`, `nlu_category`, `nlu_confidence`; its `category` if it had none. A
 report that turns out to be about an official's conduct and has not been taken up yet
-is routed again, one level above (DOMAIN.md).
+is routed again, one level above (DOMAIN.md), and that agency's officials are told.
 
 Rasa is asked outside any transaction; the update is conditional on the report still
 being pending, so several processes doing this at once change each report once.
@@ -18,8 +18,12 @@ import logging
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from bot.clock import Clock
+from bot.config import Settings
 from bot.nlu import NluClient
+from bot.reports import UNTAKEN, reroute
 from bot.routing import route_report
+from bot.workdays import WorkCalendar
 from storage.db import Database
 from storage.models import Report
 
@@ -28,7 +32,14 @@ log = logging.getLogger(__name__)
 BATCH = 50
 
 
-async def classify_pending(db: Database, nlu: NluClient, limit: int = BATCH) -> int:
+async def classify_pending(
+    db: Database,
+    nlu: NluClient,
+    settings: Settings,
+    calendar: WorkCalendar,
+    clock: Clock,
+    limit: int = BATCH,
+) -> int:
     """Classify up to `limit` pending reports; returns how many were classified."""
     if nlu.circuit_open:
         return 0
@@ -56,7 +67,7 @@ async def classify_pending(db: Database, nlu: NluClient, limit: int = BATCH) -> 
             report.nlu_status = "done"
             if report.category is None and reading.category:
                 report.category = reading.category
-                if reading.category == "conduct" and report.status == "new":
+                if reading.category == "conduct" and report.status in UNTAKEN:
                     routed = await route_report(
                         s, report.field, "conduct", report.dossier_id, report.commune_id
                     )
@@ -67,7 +78,10 @@ async def classify_pending(db: Database, nlu: NluClient, limit: int = BATCH) -> 
                             routed.agency.code,
                             routed.reason,
                         )
-                        report.agency_id = routed.agency.id
+                        why = f"conduct, once classified: {routed.reason}"
+                        await reroute(
+                            s, report, routed.agency, settings, calendar, clock.now(), why
+                        )
         done += 1
     if done:
         log.info("classified %s report(s) stored while Rasa was unavailable", done)
@@ -79,10 +93,17 @@ async def pending_count(db: Database) -> int:
         return int(await s.scalar(select(func.count()).where(Report.nlu_status == "pending")) or 0)
 
 
-async def run_forever(db: Database, nlu: NluClient, every: float) -> None:
+async def run_forever(
+    db: Database,
+    nlu: NluClient,
+    settings: Settings,
+    calendar: WorkCalendar,
+    clock: Clock,
+) -> None:
+    every = settings.nlu.backfill_every_seconds
     while True:
         try:
-            while await classify_pending(db, nlu) == BATCH:
+            while await classify_pending(db, nlu, settings, calendar, clock) == BATCH:
                 pass
         except Exception:
             log.exception("classifying pending reports failed; trying again in %.0f s", every)

@@ -233,11 +233,18 @@ class WorkdaySettings(_Section):
 
 
 class DeadlineOverride(_Section):
-    """A different answer deadline for one field and/or category."""
+    """Other deadlines for one field and/or category (at least one of the two days)."""
 
     field: str | None = None
     category: Literal["procedure", "conduct"] | None = None
-    answer_days: Annotated[int, Field(ge=1, le=365)]
+    answer_days: Annotated[int, Field(ge=1, le=365)] | None = None
+    forward_days: Annotated[int, Field(ge=1, le=365)] | None = None
+
+    @model_validator(mode="after")
+    def _some_days(self) -> DeadlineOverride:
+        if self.answer_days is None and self.forward_days is None:
+            raise ValueError("an override needs answer_days or forward_days")
+        return self
 
 
 class DeadlineSettings(_Section):
@@ -254,16 +261,28 @@ class DeadlineSettings(_Section):
     update_every_days: Annotated[int, Field(ge=1, le=90)] = 7
 
     def answer_days_for(self, field: str | None, category: str | None) -> int:
-        """The most specific override (field and category, then one of them), else default."""
+        """Working days to answer: the most specific override, else the default."""
+        return self._days_for("answer_days", field, category)
+
+    def forward_days_for(self, field: str | None, category: str | None) -> int:
+        """Working days to take a report up or pass it on to the competent agency."""
+        return self._days_for("forward_days", field, category)
+
+    def _days_for(self, which: str, field: str | None, category: str | None) -> int:
+        """The most specific override setting `which` (field and category, then one of
+        them), else the default."""
         best: tuple[int, int] | None = None
         for o in self.overrides:
+            days = getattr(o, which)
+            if days is None:
+                continue
             if (o.field is None or o.field == field) and (
                 o.category is None or o.category == category
             ):
                 rank = (o.field is not None) + (o.category is not None)
                 if best is None or rank > best[0]:
-                    best = (rank, o.answer_days)
-        return best[1] if best else self.answer_days
+                    best = (rank, days)
+        return best[1] if best else int(getattr(self, which))
 
 
 class LadderLevel(_Section):

@@ -3,7 +3,9 @@ rate it when the dossier API reports it completed, and reminded once if they hav
 
 Due work for the clock tick (bot/scheduler.py): `dossier_watch.invite_at` is set when the
 dossier is completed (bot/dossiers.py); the invitation sets `reminder_at`. Each is claimed
-in the transaction that writes the message, so it is sent once.
+in the transaction that writes the message, so it is sent once. A batch is a handful of
+statements whatever its size: the claim, the dossiers and the ratings of all its watches,
+the watches written back, the messages.
 """
 
 from __future__ import annotations
@@ -13,85 +15,65 @@ from datetime import datetime, timedelta
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.channels.base import message_body
 from bot.config import Settings
-from storage.models import Conversation, Dossier, DossierWatch, OutboxMessage, Procedure, Rating
-from storage.ops import due_rows
+from bot.notices import Notices
+from storage.models import Dossier, DossierWatch, Procedure, Rating
+from storage.ops import claim_due, save_columns
 
 REMINDER_AFTER = timedelta(days=2)
-
-
-async def _send(s: AsyncSession, citizen_id: int, text: str, now: datetime) -> int:
-    conv = await s.scalar(
-        select(Conversation)
-        .where(Conversation.citizen_id == citizen_id)
-        .order_by(col(Conversation.updated_at).desc())
-        .limit(1)
-    )
-    if conv is None:
-        return 0
-    s.add(
-        OutboxMessage(
-            channel=conv.channel,
-            recipient=conv.user_key,
-            conversation_id=conv.id,
-            body=message_body(text, [], None),
-            next_attempt_at=now,
-            created_at=now,
-        )
-    )
-    return 1
 
 
 async def invitations(
     s: AsyncSession, settings: Settings, now: datetime, batch: int, pg: bool
 ) -> tuple[int, int, int]:
     """Send due invitations and reminders; returns (invitations, reminders, messages)."""
-    invited = reminded = messages = 0
-    for watch in list(await s.exec(due_rows(DossierWatch, DossierWatch.invite_at, now, batch, pg))):
+    out = Notices()
+    invited = reminded = 0
+    due = await claim_due(s, DossierWatch, DossierWatch.invite_at, now, batch, pg)
+    dossiers = await _unrated(s, {w.dossier_id for w in due})
+    for watch in due:
         watch.invite_at = None
-        row = (
-            await s.exec(
-                select(Dossier, Procedure)
-                .join(Procedure, col(Procedure.id) == col(Dossier.procedure_id))
-                .where(Dossier.id == watch.dossier_id)
-            )
-        ).first()
-        if row is None or await _rated(s, watch.dossier_id):
+        if watch.dossier_id not in dossiers:
             continue
-        dossier, procedure = row
+        dossier, procedure = dossiers[watch.dossier_id]
         watch.invited_at = now
         watch.reminder_at = now + REMINDER_AFTER
-        messages += await _send(
-            s,
+        out.to_citizen(
             watch.citizen_id,
-            f"Hồ sơ {dossier.code} ({procedure.name}) của anh/chị đã có kết quả. Mời anh/chị "
+            f"Hồ sơ {dossier.code} ({procedure}) của anh/chị đã có kết quả. Mời anh/chị "
             f"đánh giá mức độ hài lòng: gõ mã hồ sơ {dossier.code} vào đây, hoặc mở "
             f"{settings.public_url}/chat?start={dossier.code}. Ý kiến của anh/chị giúp cơ "
             "quan phục vụ tốt hơn.",
-            now,
         )
         invited += 1
-    for watch in list(
-        await s.exec(due_rows(DossierWatch, DossierWatch.reminder_at, now, batch, pg))
-    ):
+    await save_columns(s, due, ("invite_at", "invited_at", "reminder_at"))
+
+    due = await claim_due(s, DossierWatch, DossierWatch.reminder_at, now, batch, pg)
+    dossiers = await _unrated(s, {w.dossier_id for w in due})
+    for watch in due:
         watch.reminder_at = None
-        if await _rated(s, watch.dossier_id):
+        if watch.dossier_id not in dossiers:
             continue
-        dossier = await s.get(Dossier, watch.dossier_id)
-        if dossier is None:
-            continue
-        messages += await _send(
-            s,
+        code = dossiers[watch.dossier_id][0].code
+        out.to_citizen(
             watch.citizen_id,
-            f"Nhắc lại: hồ sơ {dossier.code} đã có kết quả và chưa được đánh giá. Anh/chị gõ "
-            f"mã hồ sơ {dossier.code} để đánh giá (chỉ mất khoảng một phút). Đây là lời nhắc "
+            f"Nhắc lại: hồ sơ {code} đã có kết quả và chưa được đánh giá. Anh/chị gõ "
+            f"mã hồ sơ {code} để đánh giá (chỉ mất khoảng một phút). Đây là lời nhắc "
             "duy nhất.",
-            now,
         )
         reminded += 1
-    return invited, reminded, messages
+    await save_columns(s, due, ("reminder_at",))
+    return invited, reminded, await out.write(s, now)
 
 
-async def _rated(s: AsyncSession, dossier_id: int) -> bool:
-    return await s.scalar(select(Rating.id).where(Rating.dossier_id == dossier_id)) is not None
+async def _unrated(s: AsyncSession, ids: set[int]) -> dict[int, tuple[Dossier, str]]:
+    """Of these dossiers, the ones nobody has rated yet, with their procedure's name."""
+    if not ids:
+        return {}
+    rows = await s.exec(
+        select(Dossier, Procedure.name)
+        .join(Procedure, col(Procedure.id) == col(Dossier.procedure_id))
+        .join(Rating, col(Rating.dossier_id) == col(Dossier.id), isouter=True)
+        .where(col(Dossier.id).in_(ids), col(Rating.id).is_(None))
+    )
+    return {d.id: (d, name) for d, name in rows}  # type: ignore[misc]

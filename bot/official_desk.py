@@ -46,6 +46,7 @@ from bot.reports import (
     TransitionError,
     deadline,
     first_level,
+    forward_deadline,
     next_reminder,
     reopen,
     responsible,
@@ -241,9 +242,12 @@ ACTION_NAMES: dict[str, dict[str, str]] = {
 
 # A report's state as an official reads it ("Phản ánh … hiện ___").
 STATE_NAMES: dict[str, dict[str, str]] = {
-    "new": {"vi": "mới, chưa có cán bộ nhận xử lý", "en": "new, not taken up yet"},
-    "assigned": {"vi": "đã có cán bộ nhận xử lý{by}", "en": "taken up{by}"},
-    "in_progress": {"vi": "đang được xử lý{by}", "en": "being handled{by}"},
+    "new": {
+        "vi": "mới, chưa xác định được cơ quan có thẩm quyền",
+        "en": "new, no competent agency found yet",
+    },
+    "assigned": {"vi": "mới, chưa có cán bộ nhận xử lý", "en": "new, not taken up yet"},
+    "in_progress": {"vi": "đã có cán bộ nhận xử lý{by}", "en": "taken up{by}"},
     "answered": {"vi": "đã được trả lời người dân", "en": "answered"},
     "resolved": {
         "vi": "đã được giải quyết, đang chờ người dân xác nhận",
@@ -385,7 +389,7 @@ async def _check_state(
 ) -> None:
     if report.status in TRANSITIONS[action][0]:
         return
-    if action == "accept" and report.official_id == official.id and report.status == "assigned":
+    if action == "accept" and report.official_id == official.id and report.status == "in_progress":
         raise Stale("already_yours", buttons=action_buttons(report, lang), code=report.code)
     raise await _stale(s, report, action, lang)
 
@@ -652,7 +656,7 @@ async def reassign(
     now: datetime,
     lang: str = "vi",
 ) -> None:
-    """Send the report to another agency: it starts there as new, with no official."""
+    """Send the report to another agency: it starts there afresh, untaken."""
     await authorise(s, report, official, settings)
     if target.id == report.agency_id:
         raise Refused("bad_target", code=report.code)
@@ -673,6 +677,7 @@ async def reassign(
     report.due_at = deadline(calendar, now, days)
     report.next_escalation_at = report.due_at
     report.next_reminder_at = next_reminder(settings, calendar, now, days, now)
+    report.forward_due_at = forward_deadline(settings, calendar, report, now)
     old = await _agency_name(s, before)
     await announce(
         s,

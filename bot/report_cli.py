@@ -225,11 +225,46 @@ def cmd_report_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_report_reassign(args: argparse.Namespace) -> int:
-    """Send a report to another agency, with the reason: it starts there as new."""
+    """Send a report to another agency, with the reason: it starts there afresh."""
     args.reason = (args.reason or "").strip()
     if not args.reason:
         return _fail("--reason trống. / --reason is empty.")
     return _act(args, "reassign")
+
+
+def cmd_report_accuse(args: argparse.Namespace) -> int:
+    """Name the official a report is about (admin): they can no longer act on it."""
+
+    async def work(db: Any, settings: Settings) -> int:
+        from bot.clock import Clock
+        from bot.reports import name_accused
+        from bot.workdays import WorkCalendar
+        from storage.models import Official
+
+        now = Clock().now()
+        calendar = WorkCalendar(
+            settings.workdays.extra_days_off, settings.workdays.makeup_working_days
+        )
+        async with db.transaction() as s:
+            report = await _find(s, args.code)
+            if report is None:
+                return _fail(_not_found(args.code))
+            accused = await s.get(Official, args.official)
+            if accused is None:
+                return _fail(f"Không có cán bộ số {args.official}. / No official {args.official}.")
+            found = await name_accused(
+                s, report, accused, settings, calendar, now, (args.note or "").strip()
+            )
+            code = report.code
+        print(f"Phản ánh {code}: cán bộ bị phản ánh là {accused.name} (#{accused.id}).")
+        if found is None:
+            print("Không còn ai ở các cấp trên để xử lý. / Nobody is left to answer for it.")
+        else:
+            names = ", ".join(f"{o.name} (#{o.id})" for o in found.officials)
+            print(f"Người xử lý / now answering: {names} (cấp / level {found.level})")
+        return 0
+
+    return _run(args, work)
 
 
 # ---------------------------------------------------------------- parser
@@ -248,7 +283,7 @@ def add_report_command(
 def add_report_commands(sub: Any) -> Any:
     """Add `report` to bot.py's subparsers; returns the `report` subparsers."""
     report = sub.add_parser(
-        "report", help="Reports (phản ánh): list, show, accept, reply, resolve, reassign."
+        "report", help="Reports (phản ánh): list, show, accept, reply, resolve, reassign, accuse."
     )
     report_sub = report.add_subparsers(dest="report_command", metavar="ACTION", required=True)
 
@@ -280,4 +315,10 @@ def add_report_commands(sub: Any) -> Any:
     ra = acting("reassign", cmd_report_reassign)
     ra.add_argument("--to", required=True, metavar="AGENCY_CODE", help="the agency's code")
     ra.add_argument("--reason", required=True, help="why it goes there (kept in the audit trail)")
+    ac = add_report_command(report_sub, "accuse", cmd_report_accuse)
+    ac.add_argument("code", help="receipt code, e.g. PAKN.20261123.0001")
+    ac.add_argument(
+        "--official", type=int, required=True, metavar="ID", help="the official it is about"
+    )
+    ac.add_argument("--note", help="what the citizen says of them (kept in the audit trail)")
     return report_sub

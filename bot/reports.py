@@ -1,8 +1,16 @@
 """The life of a report: deadlines, who answers for it, transitions and their audit trail.
 
-    new ─accept─▶ assigned ─(reply)─▶ answered ─resolve─▶ resolved ─citizen: yes─▶ closed
-     │                 └──────────────resolve──────────────▶ │
-     └─reassign─▶ new (another agency)          citizen: no ─▶ reopened ─accept─▶ assigned …
+    new ─routed─▶ assigned ─accept─▶ in_progress ─reply─▶ answered ─resolve─▶ resolved
+                   ▲  │                   └──────────resolve──────────────────▶ │
+      reassign ────┘  └─(forward deadline passes: the head above is pressed)    │
+                                            closed ◀─citizen: yes─┤
+                   in_progress ◀─accept─ reopened ◀─citizen: no───┘ (one level up)
+
+- new: stored, no competent agency found yet;
+- assigned: routed to an agency, whose officials are told; it must be taken up, or passed
+  on to the competent agency, within the forward deadline ([deadlines] forward_days);
+- in_progress: an official took it up (Nhận xử lý);
+- answered / resolved: the clock stops pressing; resolved asks the citizen to confirm.
 
 Every transition writes a `ReportEvent` (who, when, why). Deadlines are in working days
 (bot/workdays.py); the ladder (config [ladder]) says who answers for a report at each
@@ -28,15 +36,18 @@ from storage.models import Agency, Official, Report, ReportEvent
 
 # Where each action may start from, and where it leads.
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "accept": (("new", "reopened"), "assigned"),
-    "reply": (("assigned", "in_progress", "answered", "reopened", "new"), "answered"),
+    "assign": (("new",), "assigned"),
+    "accept": (("new", "assigned", "reopened"), "in_progress"),
+    "reply": (("new", "assigned", "in_progress", "answered", "reopened"), "answered"),
     "resolve": (("new", "assigned", "in_progress", "answered", "reopened"), "resolved"),
     "confirm": (("resolved",), "closed"),
     "reopen": (("resolved", "answered"), "reopened"),
-    "reassign": (("new", "assigned", "in_progress", "reopened"), "new"),
+    "reassign": (("new", "assigned", "in_progress", "reopened"), "assigned"),
 }
 # States in which the clock no longer presses anyone.
 SETTLED = ("answered", "resolved", "closed")
+# States in which nobody has taken the report up yet (the forward deadline runs).
+UNTAKEN = ("new", "assigned")
 
 
 class TransitionError(Exception):
@@ -105,9 +116,15 @@ async def record_all(s: AsyncSession, rows: list[dict[str, Any]]) -> None:
 
 
 async def open_report(
-    s: AsyncSession, report: Report, settings: Settings, calendar: WorkCalendar, now: datetime
+    s: AsyncSession,
+    report: Report,
+    settings: Settings,
+    calendar: WorkCalendar,
+    now: datetime,
+    routed: str | None = None,
 ) -> None:
-    """Start the clock on a new report (flushed, so it has an id): deadline, level, audit."""
+    """Start the clock on a new report: deadline, level, audit; routed to an agency (its
+    `agency_id` set, `routed` saying why), it is assigned there and its officials told."""
     if report.id is None:
         await s.flush()
     report.level = min(first_level(report), len(settings.ladder.levels) - 1)
@@ -116,9 +133,39 @@ async def open_report(
     report.next_escalation_at = report.due_at
     report.next_reminder_at = next_reminder(settings, calendar, report.created_at, days, now)
     await record(s, report, "created", now, "citizen", note=f"due {report.due_at:%Y-%m-%d}")
+    if report.agency_id is None:
+        return  # nowhere to go yet: it waits as new
+    await assign(s, report, settings, calendar, now, routed)
     from bot.official_desk import announce_new_report  # the desk builds on this module
 
     await announce_new_report(s, report, settings, now)
+
+
+async def assign(
+    s: AsyncSession,
+    report: Report,
+    settings: Settings,
+    calendar: WorkCalendar,
+    now: datetime,
+    why: str | None = None,
+) -> None:
+    """The report is at its agency (`agency_id`): the forward deadline starts."""
+    await transition(s, report, "assign", now, "system", note=await _routed_note(s, report, why))
+    report.forward_due_at = forward_deadline(settings, calendar, report, now)
+
+
+def forward_deadline(
+    settings: Settings, calendar: WorkCalendar, report: Report, start: datetime
+) -> datetime:
+    """When the agency must have taken the report up or passed it on."""
+    days = settings.deadlines.forward_days_for(report.field, report.category)
+    return deadline(calendar, start, days)
+
+
+async def _routed_note(s: AsyncSession, report: Report, why: str | None) -> str:
+    agency = await s.get(Agency, report.agency_id) if report.agency_id is not None else None
+    where = agency.code if agency is not None else "—"
+    return f"→ {where}" + (f" ({why})" if why else "")
 
 
 def next_reminder(
@@ -254,6 +301,8 @@ async def transition(
         report.next_escalation_at = None
         report.next_reminder_at = None
         report.next_update_at = None
+    if target not in UNTAKEN:
+        report.forward_due_at = None
     await record(s, report, action, now, actor, official_id, note, from_status=before)
     return target
 
@@ -272,3 +321,72 @@ async def reopen(
     grace = settings.ladder.levels[report.level].grace_days or settings.deadlines.answer_days
     report.due_at = deadline(calendar, now, grace)
     report.next_escalation_at = report.due_at
+
+
+async def reroute(
+    s: AsyncSession,
+    report: Report,
+    agency: Agency,
+    settings: Settings,
+    calendar: WorkCalendar,
+    now: datetime,
+    why: str,
+) -> None:
+    """The system sends a report nobody has taken up to another agency (it was found to
+    be about conduct once classified): that agency's officials are told and get the
+    forward period from now; the answer deadline still counts from the citizen's day."""
+    before = report.agency_id
+    report.agency_id = agency.id
+    report.level = min(first_level(report), len(settings.ladder.levels) - 1)
+    if report.status == "new":
+        await assign(s, report, settings, calendar, now, why)
+    else:
+        report.forward_due_at = forward_deadline(settings, calendar, report, now)
+        old = await s.get(Agency, before) if before is not None else None
+        note = f"{old.code if old else '—'} → {agency.code} ({why})"
+        await record(s, report, "rerouted", now, "system", note=note, from_status=report.status)
+    from bot.official_desk import announce_new_report
+
+    await announce_new_report(s, report, settings, now)
+
+
+async def name_accused(
+    s: AsyncSession,
+    report: Report,
+    accused: Official,
+    settings: Settings,
+    calendar: WorkCalendar,
+    now: datetime,
+    note: str = "",
+) -> Responsible | None:
+    """Record which official the report is about. They can no longer act on it: a report
+    they were handling goes back to their agency untaken, and a level whose officials are
+    only them is skipped (a head never answers a complaint about themselves). Whoever
+    answers for it now, if that changed, is told. Returns who answers for it."""
+    directory = await Directory.load(s)
+    had = directory.responsible(report, settings, report.level)
+    before = report.status
+    report.accused_official_id = accused.id
+    if report.official_id == accused.id:
+        report.official_id = None
+        if report.status == "in_progress":
+            report.status = "assigned"
+            report.forward_due_at = forward_deadline(settings, calendar, report, now)
+    found = directory.responsible(report, settings, report.level)
+    if found is not None:
+        report.level = found.level
+    text = f"về cán bộ {accused.name} (#{accused.id})" + (f": {note}" if note else "")
+    await record(s, report, "accused", now, "admin", note=text, from_status=before)
+    who = {o.id for o in found.officials} if found else set()
+    if found is not None and who != ({o.id for o in had.officials} if had else set()):
+        from bot.official_desk import announce
+
+        await announce(
+            s,
+            report,
+            settings,
+            now,
+            f"Phản ánh {report.code} liên quan đến cán bộ {accused.name}, nay chuyển đến "
+            "anh/chị xem xét, giải quyết (cán bộ bị phản ánh không tự xử lý phản ánh về mình).",
+        )
+    return found

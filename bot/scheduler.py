@@ -2,8 +2,9 @@
 
 Every process runs an APScheduler interval job (`[ladder] tick_seconds`) that calls
 `tick()`. State lives in our tables only: a report's `next_escalation_at`,
-`next_reminder_at` and `next_update_at` say when it needs something (indexed, so a tick
-never scans the table), and the weekly digest is one `digest` row per (head, week).
+`forward_due_at`, `next_reminder_at` and `next_update_at` say when it needs something
+(indexed, so a tick never scans the table), and the weekly digest is one `digest` row
+per (head, week).
 
 Each kind of work is claimed in one transaction that also writes its outcome — the
 report moved on and the outbox messages — so it happens exactly once:
@@ -24,29 +25,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, update
+from sqlalchemy import case, func
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.channels.base import message_body
 from bot.clock import VIETNAM, Clock, local_date
 from bot.config import Settings
 from bot.invitations import invitations
-from bot.reports import SETTLED, Directory, deadline, event_row, next_reminder, record_all
+from bot.notices import Notices
+from bot.reports import (
+    SETTLED,
+    UNTAKEN,
+    Directory,
+    deadline,
+    event_row,
+    next_reminder,
+    record_all,
+)
 from bot.workdays import WorkCalendar
 from storage.db import Database
-from storage.models import (
-    Conversation,
-    Digest,
-    Dossier,
-    OfficialAccount,
-    OutboxMessage,
-    Procedure,
-    Rating,
-    RatingAnswer,
-    Report,
-)
-from storage.ops import due_rows, insert_ignore
+from storage.models import Digest, Dossier, Procedure, Rating, RatingAnswer, Report
+from storage.ops import claim_due, insert_ignore, save_columns
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +65,7 @@ ROLE_NAMES = {
 @dataclass
 class TickResult:
     escalated: int = 0
+    untaken: int = 0
     apologies: int = 0
     head_messages: int = 0
     reminders: int = 0
@@ -78,94 +77,60 @@ class TickResult:
 
     @property
     def work(self) -> int:
-        return self.escalated + self.reminders + self.updates + self.digests + self.invitations
+        return (
+            self.escalated
+            + self.untaken
+            + self.reminders
+            + self.updates
+            + self.digests
+            + self.invitations
+        )
 
 
 @dataclass
-class _Out:
-    """Messages written by one claim: to citizens (by citizen id) and to officials."""
+class _Lists:
+    """What each official hears of in one tick: reports that climbed to them (code, missed
+    deadline, new deadline) and reports nobody took up in time."""
 
-    citizens: dict[int, list[str]] = field(default_factory=dict)
-    officials: dict[int, list[tuple[str, list[dict[str, str]]]]] = field(default_factory=dict)
+    escalated: dict[int, list[tuple[Report, str, str]]] = field(default_factory=dict)
+    untaken: dict[int, list[Report]] = field(default_factory=dict)
 
+    def officials(self) -> list[int]:
+        return list(dict.fromkeys([*self.escalated, *self.untaken]))
 
-async def _claim(
-    s: AsyncSession, column: object, now: datetime, batch: int, pg: bool
-) -> list[Report]:
-    """The first `batch` reports due by `column`, oldest first, claimed; found through the
-    column's index (only the due part of it is read), never by scanning the table.
-
-    They come detached from the session: the work sets their fields and `_save` writes
-    them back in one statement, instead of an ORM flush row by row.
-    """
-    due = list(await s.exec(due_rows(Report, column, now, batch, pg)))
-    for r in due:
-        s.expunge(r)
-    return due
-
-
-async def _save(s: AsyncSession, reports: list[Report], columns: tuple[str, ...]) -> None:
-    """Write `columns` of the claimed reports back (one executemany, by primary key)."""
-    if not reports:
-        return
-    table = Report.__table__  # type: ignore[attr-defined]
-    rows = [{"_id": r.id, **{c: getattr(r, c) for c in columns}} for r in reports]
-    await s.exec(update(table).where(table.c.id == bindparam("_id")), params=rows)
-
-
-def _message(
-    channel: str, recipient: str, conversation_id: int | None, body: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    return {
-        "channel": channel,
-        "recipient": recipient,
-        "conversation_id": conversation_id,
-        "body": body,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
+    def messages(self) -> list[tuple[int, str, list[dict[str, str]]]]:
+        out = []
+        for official_id in self.officials():
+            parts: list[str] = []
+            shown: list[Report] = []
+            if items := self.escalated.get(official_id):
+                lines = [f"• {r.code}: quá hạn {old}, hạn mới {new}" for r, old, new in items]
+                parts.append(
+                    f"Có {len(items)} phản ánh, kiến nghị quá hạn chưa được trả lời, nay chuyển "
+                    "đến anh/chị chỉ đạo giải quyết:\n" + _listed(lines)
+                )
+                shown += [r for r, _, _ in items]
+            if reports := self.untaken.get(official_id):
+                lines = [
+                    f"• {r.code}: gửi ngày {local_date(r.created_at)}, hạn trả lời "
+                    f"{local_date(r.due_at) if r.due_at else '—'}"
+                    for r in reports
+                ]
+                parts.append(
+                    f"Có {len(reports)} phản ánh, kiến nghị đã quá thời hạn tiếp nhận mà chưa "
+                    "được cán bộ nhận xử lý hoặc chuyển đến cơ quan có thẩm quyền:\n"
+                    + _listed(lines)
+                    + "\nĐề nghị nhận xử lý hoặc chuyển đúng thẩm quyền ngay."
+                )
+                shown += reports
+            out.append((official_id, "\n\n".join(parts), _open_buttons(shown)))
+        return out
 
 
-async def _write(s: AsyncSession, out: _Out, now: datetime) -> int:
-    """Queue the messages: a citizen's go to their latest conversation, an official's to
-    every linked account. One statement for all of them, in order."""
-    rows: list[dict[str, Any]] = []
-    if out.citizens:
-        convs = await s.exec(
-            select(
-                Conversation.citizen_id,
-                Conversation.id,
-                Conversation.channel,
-                Conversation.user_key,
-            )
-            .where(col(Conversation.citizen_id).in_(list(out.citizens)))
-            .order_by(col(Conversation.updated_at))
-        )
-        latest = {c.citizen_id: c for c in convs}
-        for citizen_id, texts in out.citizens.items():
-            conv = latest.get(citizen_id)
-            if conv is None:
-                continue
-            for text in texts:
-                body = message_body(text, [], None)
-                rows.append(_message(conv.channel, conv.user_key, conv.id, body, now))
-    if out.officials:
-        accounts = await s.exec(
-            select(OfficialAccount).where(col(OfficialAccount.official_id).in_(list(out.officials)))
-        )
-        by_official: dict[int, list[OfficialAccount]] = {}
-        for a in accounts:
-            by_official.setdefault(a.official_id, []).append(a)
-        for official_id, messages in out.officials.items():
-            for account in by_official.get(official_id, []):
-                for text, buttons in messages:
-                    body = message_body(text, buttons, None)
-                    rows.append(_message(account.channel, account.user_key, None, body, now))
-    if rows:
-        await s.exec(insert(OutboxMessage.__table__), params=rows)  # type: ignore[arg-type]
-    return len(rows)
+def _listed(lines: list[str], most: int = 30) -> str:
+    """At most `most` lines, then how many more (a message stays readable, and short)."""
+    more = [f"… và {len(lines) - most} phản ánh khác"] if len(lines) > most else []
+    return "\n".join(lines[:most] + more)
 
 
 def _open_buttons(reports: list[Report]) -> list[dict[str, str]]:
@@ -200,7 +165,7 @@ class Ticker:
         started = asyncio.get_running_loop().time()
         now = self.clock.now()
         result = TickResult()
-        await self._escalations(now, result)
+        await self._late(now, result)
         await self._reminders(now, result)
         await self._updates(now, result)
         await self._digests(now, result)
@@ -210,11 +175,12 @@ class Ticker:
             self.on_outbox()
         if result.work:
             log.info(
-                "tick: %s escalated (%s heads told, %s apologies), %s reminders, %s status "
-                "updates, %s digests in %.3f s",
+                "tick: %s escalated (%s heads told, %s apologies), %s not taken up in time, "
+                "%s reminders, %s status updates, %s digests in %.3f s",
                 result.escalated,
                 result.head_messages,
                 result.apologies,
+                result.untaken,
                 result.reminders,
                 result.updates,
                 result.digests,
@@ -222,77 +188,113 @@ class Ticker:
             )
         return result
 
-    # ---- escalation: a missed deadline climbs one level, once
+    # ---- missed deadlines: escalation (answer deadline) and the forward deadline
 
-    async def _escalations(self, now: datetime, result: TickResult) -> None:
-        levels = self.settings.ladder.levels
-        update_every = timedelta(days=self.settings.deadlines.update_every_days)
+    async def _late(self, now: datetime, result: TickResult) -> None:
+        """Reports past their answer deadline climb one level, once, and the citizen gets
+        an apology with the new date; reports nobody took up or passed on within the
+        forward deadline press their officials and the level above. Each official hears
+        of all of it in one message."""
         async with self.db.transaction() as s:
-            due = await _claim(s, Report.next_escalation_at, now, self.batch, self.pg)
-            if not due:
+            late = await claim_due(s, Report, Report.next_escalation_at, now, self.batch, self.pg)
+            untaken = await claim_due(s, Report, Report.forward_due_at, now, self.batch, self.pg)
+            if not late and not untaken:
                 return
             directory = await Directory.load(s)
-            out = _Out()
+            out = Notices()
             events: list[dict[str, Any]] = []
-            per_head: dict[int, list[tuple[Report, str, str]]] = {}
-            for r in due:
-                if r.status in SETTLED or r.due_at is None:
-                    r.next_escalation_at = None
-                    continue
-                missed = r.due_at
-                target = min(r.level + 1, len(levels) - 1)
-                found = directory.responsible(r, self.settings, target)
-                if found is not None:
-                    r.level = found.level
-                grace = levels[r.level].grace_days or self.settings.deadlines.answer_days
-                r.due_at = deadline(self.calendar, missed, grace)
-                r.next_escalation_at = r.due_at
-                r.next_reminder_at = None  # late now: the heads' list replaces reminders
-                r.next_update_at = r.next_update_at or now + update_every
-                old, new = local_date(missed), local_date(r.due_at)
-                events.append(
-                    event_row(
-                        r, "escalated", now, "system", note=f"missed {old}; new deadline {new}"
-                    )
-                )
-                events.append(event_row(r, "apology", now, "system", note=new))
-                who = ROLE_NAMES.get(levels[r.level].role, "cấp trên")
-                agency = directory.agencies.get(r.agency_id) if r.agency_id else None
-                out.citizens.setdefault(r.citizen_id, []).append(
-                    f"Thành thật xin lỗi anh/chị: phản ánh {r.code} chưa được trả lời đúng hạn "
-                    f"(hạn {old}). Phản ánh đã được chuyển lên {who}"
-                    f"{' của ' + agency.name if agency and who != ROLE_NAMES['province'] else ''}"
-                    f" để chỉ đạo giải quyết; hạn trả lời mới là ngày {new}. "
-                    f"Anh/chị có thể tra cứu bằng cách gõ «/status {r.code}»."
-                )
-                result.escalated += 1
-                result.apologies += 1
-                for official in found.officials if found else []:
-                    per_head.setdefault(official.id, []).append((r, old, new))  # type: ignore[arg-type]
-            for official_id, items in per_head.items():
-                lines = [f"• {r.code}: quá hạn {old}, hạn mới {new}" for r, old, new in items[:30]]
-                if len(items) > 30:
-                    lines.append(f"… và {len(items) - 30} phản ánh khác")
-                text = (
-                    f"Có {len(items)} phản ánh, kiến nghị quá hạn chưa được trả lời, nay chuyển "
-                    "đến anh/chị chỉ đạo giải quyết:\n" + "\n".join(lines)
-                )
-                buttons = _open_buttons([r for r, _, _ in items])
-                out.officials.setdefault(official_id, []).append((text, buttons))
-            result.head_messages += len(per_head)
-            await _save(s, due, _ESCALATED)
+            lists = _Lists()
+            self._escalate(late, directory, now, out, events, lists, result)
+            climbed = {r.id for r in late if r.next_escalation_at is not None}
+            self._press(untaken, directory, now, events, lists, result, skip=climbed)
+            for official_id, text, buttons in lists.messages():
+                out.to_official(official_id, text, buttons)
+            result.head_messages += len(lists.officials())
+            await save_columns(s, late, _ESCALATED)
+            await save_columns(s, untaken, ("forward_due_at",))
             await record_all(s, events)
-            result.messages += await _write(s, out, now)
+            result.messages += await out.write(s, now)
+
+    def _escalate(
+        self,
+        due: list[Report],
+        directory: Directory,
+        now: datetime,
+        out: Notices,
+        events: list[dict[str, Any]],
+        lists: _Lists,
+        result: TickResult,
+    ) -> None:
+        levels = self.settings.ladder.levels
+        update_every = timedelta(days=self.settings.deadlines.update_every_days)
+        for r in due:
+            if r.status in SETTLED or r.due_at is None:
+                r.next_escalation_at = None
+                continue
+            missed = r.due_at
+            target = min(r.level + 1, len(levels) - 1)
+            found = directory.responsible(r, self.settings, target)
+            if found is not None:
+                r.level = found.level
+            grace = levels[r.level].grace_days or self.settings.deadlines.answer_days
+            r.due_at = deadline(self.calendar, missed, grace)
+            r.next_escalation_at = r.due_at
+            r.next_reminder_at = None  # late now: the heads' list replaces reminders
+            r.next_update_at = r.next_update_at or now + update_every
+            old, new = local_date(missed), local_date(r.due_at)
+            note = f"missed {old}; new deadline {new}"
+            events.append(event_row(r, "escalated", now, "system", note=note))
+            events.append(event_row(r, "apology", now, "system", note=new))
+            who = ROLE_NAMES.get(levels[r.level].role, "cấp trên")
+            agency = directory.agencies.get(r.agency_id) if r.agency_id else None
+            out.to_citizen(
+                r.citizen_id,
+                f"Thành thật xin lỗi anh/chị: phản ánh {r.code} chưa được trả lời đúng hạn "
+                f"(hạn {old}). Phản ánh đã được chuyển lên {who}"
+                f"{' của ' + agency.name if agency and who != ROLE_NAMES['province'] else ''}"
+                f" để chỉ đạo giải quyết; hạn trả lời mới là ngày {new}. "
+                f"Anh/chị có thể tra cứu bằng cách gõ «/status {r.code}».",
+            )
+            result.escalated += 1
+            result.apologies += 1
+            for official in found.officials if found else []:
+                lists.escalated.setdefault(official.id, []).append((r, old, new))  # type: ignore[arg-type]
+
+    def _press(
+        self,
+        due: list[Report],
+        directory: Directory,
+        now: datetime,
+        events: list[dict[str, Any]],
+        lists: _Lists,
+        result: TickResult,
+        skip: set[int | None],
+    ) -> None:
+        last = len(self.settings.ladder.levels) - 1
+        for r in due:
+            r.forward_due_at = None
+            if r.status not in UNTAKEN or r.id in skip:
+                continue  # taken up or passed on in time, or it has just climbed anyway
+            # Its own officials, and the level above them, hear of it.
+            told: dict[int, None] = {}
+            for level in (r.level, min(r.level + 1, last)):
+                found = directory.responsible(r, self.settings, level)
+                for official in found.officials if found else []:
+                    told.setdefault(official.id)  # type: ignore[arg-type]
+            for official_id in told:
+                lists.untaken.setdefault(official_id, []).append(r)
+            events.append(event_row(r, "forward_overdue", now, "system", note=f"{len(told)} told"))
+            result.untaken += 1
 
     # ---- reminders to the handling official before the deadline
 
     async def _reminders(self, now: datetime, result: TickResult) -> None:
         async with self.db.transaction() as s:
-            due = await _claim(s, Report.next_reminder_at, now, self.batch, self.pg)
+            due = await claim_due(s, Report, Report.next_reminder_at, now, self.batch, self.pg)
             if not due:
                 return
             directory = await Directory.load(s)
-            out = _Out()
+            out = Notices()
             events: list[dict[str, Any]] = []
             for r in due:
                 r.next_reminder_at = None
@@ -304,44 +306,44 @@ class Ticker:
                 )
                 found = directory.responsible(r, self.settings, r.level)
                 for official in found.officials if found else []:
-                    out.officials.setdefault(official.id, []).append(  # type: ignore[arg-type]
-                        (
-                            f"Nhắc việc: phản ánh {r.code} cần được trả lời trước ngày "
-                            f"{local_date(r.due_at)}.",
-                            _open_buttons([r]),
-                        )
+                    out.to_official(
+                        official.id,  # type: ignore[arg-type]
+                        f"Nhắc việc: phản ánh {r.code} cần được trả lời trước ngày "
+                        f"{local_date(r.due_at)}.",
+                        _open_buttons([r]),
                     )
                 events.append(event_row(r, "reminder", now, "system", note=local_date(r.due_at)))
                 result.reminders += 1
-            await _save(s, due, ("next_reminder_at",))
+            await save_columns(s, due, ("next_reminder_at",))
             await record_all(s, events)
-            result.messages += await _write(s, out, now)
+            result.messages += await out.write(s, now)
 
     # ---- every few days while late, the citizen hears how it stands
 
     async def _updates(self, now: datetime, result: TickResult) -> None:
         every = timedelta(days=self.settings.deadlines.update_every_days)
         async with self.db.transaction() as s:
-            due = await _claim(s, Report.next_update_at, now, self.batch, self.pg)
+            due = await claim_due(s, Report, Report.next_update_at, now, self.batch, self.pg)
             if not due:
                 return
-            out = _Out()
+            out = Notices()
             events: list[dict[str, Any]] = []
             for r in due:
                 if r.status in SETTLED:
                     r.next_update_at = None
                     continue
                 r.next_update_at = now + every
-                out.citizens.setdefault(r.citizen_id, []).append(
+                out.to_citizen(
+                    r.citizen_id,
                     f"Phản ánh {r.code} của anh/chị vẫn đang được xử lý, hạn trả lời hiện tại là "
                     f"ngày {local_date(r.due_at) if r.due_at else '—'}. Chúng tôi sẽ tiếp tục "
-                    "thông báo khi có kết quả."
+                    "thông báo khi có kết quả.",
                 )
                 events.append(event_row(r, "status_update", now, "system"))
                 result.updates += 1
-            await _save(s, due, ("next_update_at",))
+            await save_columns(s, due, ("next_update_at",))
             await record_all(s, events)
-            result.messages += await _write(s, out, now)
+            result.messages += await out.write(s, now)
 
     # ---- the weekly digest to every head with reports
 
@@ -405,7 +407,7 @@ class Ticker:
                     )
                 )
             )
-            out = _Out()
+            out = Notices()
             for head in todo:
                 # The (head, week) row is the claim: another process that got there first
                 # makes this insert do nothing, and this one sends nothing.
@@ -439,9 +441,9 @@ class Ticker:
                 )
                 if lines:
                     text += "\n• Thủ tục có tỷ lệ hài lòng thấp nhất:\n" + "\n".join(lines)
-                out.officials.setdefault(head.id, []).append((text, []))  # type: ignore[arg-type]
+                out.to_official(head.id, text, [])  # type: ignore[arg-type]
                 result.digests += 1
-            result.messages += await _write(s, out, now)
+            result.messages += await out.write(s, now)
 
     # ---- rating invitations when a watched dossier is completed (bot/invitations.py)
 

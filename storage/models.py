@@ -211,7 +211,8 @@ class Report(SQLModel, table=True):
     # The commune the citizen named (routing), when there is no dossier.
     commune_id: int | None = Field(default=None, foreign_key="agency.id")
     agency_id: int | None = Field(default=None, foreign_key="agency.id", index=True)
-    # new → assigned → in_progress → answered → resolved → closed; reopened climbs again
+    # new → assigned (routed) → in_progress (taken up) → answered → resolved → closed;
+    # reopened climbs again (bot/reports.py)
     status: str = Field(default="new", max_length=20, index=True)
     # Indexed for the weekly digest (reports of the last 7 days).
     created_at: datetime = Field(index=True)
@@ -226,6 +227,8 @@ class Report(SQLModel, table=True):
     next_escalation_at: datetime | None = Field(default=None, index=True)
     next_reminder_at: datetime | None = Field(default=None, index=True)
     next_update_at: datetime | None = Field(default=None, index=True)
+    # While nobody has taken it up: the agency must take it up or pass it on by then.
+    forward_due_at: datetime | None = Field(default=None, index=True)
     answered_at: datetime | None = None
     resolved_at: datetime | None = None
     closed_at: datetime | None = None
@@ -241,8 +244,8 @@ class ReportEvent(SQLModel, table=True):
     # citizen | official | system | admin
     actor: str = Field(max_length=20)
     official_id: int | None = Field(default=None, foreign_key="official.id")
-    # created, accepted, replied, resolved, confirmed, reopened, reassigned, escalated,
-    # apology, reminder, closed
+    # created, assign, accept, reply, resolve, confirm, reopen, reassign, rerouted,
+    # accused, escalated, apology, reminder, status_update, forward_overdue
     action: str = Field(max_length=30)
     from_status: str | None = Field(default=None, max_length=20)
     to_status: str | None = Field(default=None, max_length=20)

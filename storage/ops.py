@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -45,3 +46,23 @@ def due_rows(table: type[SQLModel], column: Any, now: datetime, batch: int, pg: 
     working at once never take the same row (SQLite has one writer anyway)."""
     query = select(table).where(col(column) <= now).order_by(col(column)).limit(batch)
     return query.with_for_update(skip_locked=True) if pg else query
+
+
+async def claim_due(
+    s: AsyncSession, table: type[SQLModel], column: Any, now: datetime, batch: int, pg: bool
+) -> list[Any]:
+    """`due_rows`, claimed and detached from the session: the caller sets their fields and
+    `save_columns` writes them back in one statement, instead of an ORM flush row by row."""
+    due = list(await s.exec(due_rows(table, column, now, batch, pg)))
+    for row in due:
+        s.expunge(row)
+    return due
+
+
+async def save_columns(s: AsyncSession, rows: list[Any], columns: tuple[str, ...]) -> None:
+    """Write `columns` of detached rows of one table back (one executemany, by id)."""
+    if not rows:
+        return
+    table = type(rows[0]).__table__
+    params = [{"_id": r.id, **{c: getattr(r, c) for c in columns}} for r in rows]
+    await s.exec(update(table).where(table.c.id == bindparam("_id")), params=params)  # type: ignore[call-overload]

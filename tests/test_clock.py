@@ -15,7 +15,8 @@ from sqlmodel import col, select
 
 from bot.app import Service
 from bot.clock import VIETNAM, ManualClock
-from bot.reports import open_report
+from bot.official_desk import may_act
+from bot.reports import name_accused, open_report, transition
 from bot.scheduler import Ticker
 from storage.db import Database
 from storage.models import (
@@ -92,19 +93,19 @@ async def new_report(
                 updated_at=clock.now(),
             )
         )
-        report = Report(
-            code=f"PAKN.20270125.{n:04d}",
-            citizen_id=citizen.id,  # type: ignore[arg-type]
-            channel="webchat",
-            text="Hồ sơ tách thửa nộp từ tháng 12 đến nay chưa có kết quả",
-            source="chat",
-            field="land",
-            category="procedure",
-            agency_id=people["econ"],
-            commune_id=people["ward"],
-            created_at=clock.now(),
-            **extra,  # type: ignore[arg-type]
-        )
+        values: dict[str, object] = {
+            "code": f"PAKN.20270125.{n:04d}",
+            "citizen_id": citizen.id,
+            "channel": "webchat",
+            "text": "Hồ sơ tách thửa nộp từ tháng 12 đến nay chưa có kết quả",
+            "source": "chat",
+            "field": "land",
+            "category": "procedure",
+            "agency_id": people["econ"],
+            "commune_id": people["ward"],
+            "created_at": clock.now(),
+        }
+        report = Report(**{**values, **extra})  # type: ignore[arg-type]
         s.add(report)
         await open_report(s, report, service.settings, service.calendar, clock.now())
         return report.id  # type: ignore[return-value]
@@ -140,8 +141,12 @@ async def test_an_unanswered_report_climbs_the_ladder_on_working_days_across_tet
     assert r.due_at == datetime(2027, 2, 22, 23, 59, tzinfo=VIETNAM)
     assert r.level == 0
 
-    clock.set(local(2027, 2, 22, 23))  # the last hour of the deadline: nothing yet
-    assert (await ticker(service, clock).tick()).escalated == 0
+    clock.set(local(2027, 2, 22, 23))  # the last hour of the deadline: no escalation yet
+    result = await ticker(service, clock).tick()
+    # (Nobody took it up within 5 working days, by 01/02: its officer and the unit head
+    # were pressed; see test_a_report_nobody_takes_up_in_time_presses_…)
+    assert (result.escalated, result.untaken) == (0, 1)
+    assert await sent_to(service, "citizen-1") == []
 
     clock.set(local(2027, 2, 23, 0) + timedelta(minutes=5))
     result = await ticker(service, clock).tick()
@@ -151,7 +156,7 @@ async def test_an_unanswered_report_climbs_the_ladder_on_working_days_across_tet
     [apology] = await sent_to(service, "citizen-1")
     assert "Thành thật xin lỗi" in apology and "hạn 22/02/2027" in apology
     assert "hạn trả lời mới là ngày 01/03/2027" in apology
-    [to_head] = await sent_to(service, "of-unit_head")
+    [_pressed, to_head] = await sent_to(service, "of-unit_head")
     assert "PAKN.20270125.0001: quá hạn 22/02/2027, hạn mới 01/03/2027" in to_head
 
     # The same moment again, or a second tick: nothing is produced twice.
@@ -189,6 +194,47 @@ async def test_an_unanswered_report_climbs_the_ladder_on_working_days_across_tet
     ]
 
 
+async def test_a_report_nobody_takes_up_in_time_presses_its_officials_and_the_head_above(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    taken = await new_report(service, people, clock, 1)
+    ignored = await new_report(service, people, clock, 2)
+    r = await report(service, ignored)
+    assert r.status == "assigned"
+    # 5 working days from Monday 25/01: Monday 01/02.
+    assert r.forward_due_at == datetime(2027, 2, 1, 23, 59, tzinfo=VIETNAM)
+    async with service.db.transaction() as s:
+        row = await s.get(Report, taken)
+        assert row is not None
+        await transition(s, row, "accept", clock.now(), "official", people["officer"])
+        assert row.status == "in_progress" and row.forward_due_at is None
+
+    clock.set(local(2027, 2, 1, 23))
+    assert (await ticker(service, clock).tick()).untaken == 0
+    clock.set(local(2027, 2, 2, 8))
+    result = await ticker(service, clock).tick()
+    assert (result.untaken, result.escalated, result.head_messages) == (1, 0, 2)
+    for who in ("of-officer", "of-unit_head"):
+        [pressed] = [m for m in await sent_to(service, who) if "thời hạn tiếp nhận" in m]
+        assert pressed.startswith("Có 1 phản ánh, kiến nghị đã quá thời hạn tiếp nhận")
+        assert "PAKN.20270125.0002: gửi ngày 25/01/2027, hạn trả lời 22/02/2027" in pressed
+        assert "PAKN.20270125.0001" not in pressed
+    assert await sent_to(service, "of-ward_head") == []
+    assert await sent_to(service, "citizen-2") == []  # the citizen's deadline still runs
+    # Once: later ticks do not press again.
+    clock.set(local(2027, 2, 3, 8))
+    assert (await ticker(service, clock).tick()).untaken == 0
+    async with service.db.sessions() as s:
+        actions = list(
+            await s.exec(
+                select(ReportEvent.action)
+                .where(ReportEvent.report_id == ignored)
+                .order_by(col(ReportEvent.id))
+            )
+        )
+    assert actions == ["created", "assign", "forward_overdue"]
+
+
 async def test_each_head_gets_one_message_per_tick_listing_all_their_overdue_reports(
     service: Service, people: dict[str, int], clock: ManualClock
 ) -> None:
@@ -218,16 +264,62 @@ async def test_a_head_never_receives_a_complaint_about_themselves(
     assert len(await sent_to(service, "of-ward_head")) == 1
 
 
+async def test_naming_the_accused_moves_the_report_past_them_and_they_can_no_longer_act(
+    service: Service, people: dict[str, int], clock: ManualClock
+) -> None:
+    rid = await new_report(service, people, clock, 1, category="conduct")
+    async with service.db.transaction() as s:
+        r = await s.get(Report, rid)
+        assert r is not None and r.level == 1  # conduct: the unit head
+        await transition(s, r, "accept", clock.now(), "official", people["unit_head"])
+    clock.advance(hours=2)
+    async with service.db.transaction() as s:
+        r = await s.get(Report, rid)
+        unit_head = await s.get(Official, people["unit_head"])
+        assert r is not None and unit_head is not None
+        found = await name_accused(
+            s, r, unit_head, service.settings, service.calendar, clock.now(), "hách dịch"
+        )
+        assert found is not None and [o.id for o in found.officials] == [people["ward_head"]]
+        assert not await may_act(s, r, unit_head, service.settings)
+    r = await report(service, rid)
+    # Back to their agency untaken, one level up: the ward's chairman answers for it now.
+    assert (r.status, r.official_id, r.level) == ("assigned", None, 2)
+    assert r.accused_official_id == people["unit_head"] and r.forward_due_at is not None
+    [told] = await sent_to(service, "of-ward_head")
+    assert told.startswith(f"Phản ánh {r.code} liên quan đến cán bộ Đỗ Thị Bình, nay chuyển")
+    async with service.db.sessions() as s:
+        last = await s.scalar(
+            select(ReportEvent)
+            .where(ReportEvent.report_id == rid)
+            .order_by(col(ReportEvent.id).desc())
+        )
+    assert last is not None
+    assert (last.action, last.actor, last.from_status, last.to_status, last.level) == (
+        "accused",
+        "admin",
+        "in_progress",
+        "assigned",
+        2,
+    )
+    assert last.note == f"về cán bộ Đỗ Thị Bình (#{people['unit_head']}): hách dịch"
+    # Late, it climbs on to the province office; the accused never hears of it again.
+    before = len(await sent_to(service, "of-unit_head"))
+    clock.set(local(2027, 2, 23))
+    await ticker(service, clock).tick()
+    assert (await report(service, rid)).level == 3
+    assert len(await sent_to(service, "of-unit_head")) == before
+    assert len([m for m in await sent_to(service, "of-office_head") if "quá hạn" in m]) == 1
+
+
 async def test_conduct_complaints_start_one_level_up(
     service: Service, people: dict[str, int], clock: ManualClock
 ) -> None:
-    rid = await new_report(service, people, clock, 1)
-    async with service.db.transaction() as s:
-        r = await s.get(Report, rid)
-        assert r is not None
-        r.category = "conduct"
-        await open_report(s, r, service.settings, service.calendar, clock.now())
+    rid = await new_report(service, people, clock, 1, category="conduct")
     assert (await report(service, rid)).level == 1
+    # The unit head, not the officers of the unit, is told of it.
+    assert len(await sent_to(service, "of-unit_head")) == 1
+    assert await sent_to(service, "of-officer") == []
 
 
 async def test_work_missed_while_the_service_was_down_is_done_once_each(

@@ -43,6 +43,26 @@ def test_environment_overrides_any_key() -> None:
     assert [d.isoformat() for d in s.workdays.extra_days_off] == ["2026-12-31"]
 
 
+def test_deadlines_per_field_and_category_take_the_most_specific_override() -> None:
+    overrides = (
+        '[{"field": "judicial_records", "answer_days": 10},'
+        ' {"category": "conduct", "answer_days": 7, "forward_days": 2},'
+        ' {"field": "land", "category": "conduct", "forward_days": 1}]'
+    )
+    d = load_settings(CONFIG, {"HAILONG_DEADLINES_OVERRIDES": overrides}).deadlines
+    assert (d.answer_days_for("land", "procedure"), d.forward_days_for("land", "procedure")) == (
+        15,
+        5,
+    )
+    assert d.answer_days_for("judicial_records", "procedure") == 10
+    assert d.forward_days_for("judicial_records", "procedure") == 5
+    assert (d.answer_days_for("land", "conduct"), d.forward_days_for("land", "conduct")) == (7, 1)
+    assert d.forward_days_for("construction", "conduct") == 2
+    with pytest.raises(ConfigError) as err:
+        load_settings(CONFIG, {"HAILONG_DEADLINES_OVERRIDES": '[{"field": "land"}]'})
+    assert "needs answer_days or forward_days" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

@@ -143,12 +143,12 @@ async def test_a_citizen_sees_the_status_of_their_own_reports_only(
 
     shown = texts(await chat.say(f"/status {report.code.lower()}"))
     assert f"Phản ánh {report.code}, gửi ngày 23/11/2026" in shown
-    assert "Đất đai" in shown and "Đã tiếp nhận" in shown
+    assert "Đất đai" in shown and "Đã chuyển đến cơ quan có thẩm quyền" in shown
     assert "Văn phòng Đăng ký đất đai" in shown
 
     await chat.say("menu")
     listed = texts(await chat.tap("Tra cứu phản ánh"))
-    assert f"• {report.code} (23/11/2026) Đất đai: Đã tiếp nhận" in listed
+    assert f"• {report.code} (23/11/2026) Đất đai: Đã chuyển đến cơ quan có thẩm quyền" in listed
 
     http.session.cookie_jar.clear()  # someone else, in another browser
     other = ChatClient(http)

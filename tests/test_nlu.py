@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -20,7 +21,8 @@ from bot import backfill
 from bot.app import Service
 from bot.config import Settings
 from bot.nlu import NluClient
-from storage.models import Report
+from bot.reports import open_report
+from storage.models import Citizen, Official, OfficialAccount, OutboxMessage, Report, ReportEvent
 from tests.chat import ChatClient, question, texts
 from tests.conftest import ROOT, make_settings
 from tests.factories import routing, small_province
@@ -158,6 +160,69 @@ async def test_conduct_complaints_go_one_level_up(
     assert "UBND phường Việt Trì" in done
 
 
+async def test_a_pending_report_found_to_be_about_conduct_is_routed_one_level_up(
+    service: Service, province: dict[str, int], clock
+) -> None:  # type: ignore[no-untyped-def]
+    async with service.db.transaction() as s:
+        ward_head = (
+            await s.exec(
+                select(Official).where(
+                    Official.agency_id == province["ward"], Official.role == "head"
+                )
+            )
+        ).one()
+        s.add(
+            OfficialAccount(
+                official_id=ward_head.id,  # type: ignore[arg-type]
+                channel="webchat",
+                user_key="ward-head",
+                linked_at=clock.now(),
+            )
+        )
+        citizen = Citizen(created_at=clock.now())
+        s.add(citizen)
+        await s.flush()
+        # A dissatisfied rating's comment: its field is the dossier's, nobody read it yet.
+        report = Report(
+            code="PAKN.20261123.0001",
+            citizen_id=citizen.id,  # type: ignore[arg-type]
+            channel="webchat",
+            text=CONDUCT,
+            source="rating",
+            field="land",
+            nlu_status="pending",
+            commune_id=province["ward"],
+            agency_id=province["econ"],
+            created_at=clock.now(),
+        )
+        s.add(report)
+        await open_report(s, report, service.settings, service.calendar, clock.now())
+        due = report.due_at
+    before = await sent_to(service, "ward-head")  # the unit has no officers: already told
+    assert await backfill.classify_pending(*pending_args(service)) == 1
+    [report] = await reports(service)
+    assert (report.category, report.agency_id, report.level) == ("conduct", province["ward"], 1)
+    assert report.due_at == due  # the citizen's deadline still counts from their day
+    async with service.db.sessions() as s:
+        trail = list(await s.exec(select(ReportEvent).where(ReportEvent.report_id == report.id)))
+    assert [e.action for e in trail] == ["created", "assign", "rerouted"]
+    assert trail[-1].note is not None
+    assert trail[-1].note.startswith("H42.15.01.01 → H42.15.01 (conduct, once classified")
+    [notice] = (await sent_to(service, "ward-head"))[len(before) :]
+    assert notice.startswith("Phản ánh mới cần xử lý: PAKN.20261123.0001")
+    assert "Cơ quan xử lý: UBND phường Việt Trì" in notice
+
+
+async def sent_to(service: Service, recipient: str) -> list[str]:
+    async with service.db.sessions() as s:
+        rows = await s.exec(
+            select(OutboxMessage)
+            .where(OutboxMessage.recipient == recipient)
+            .order_by(OutboxMessage.id)  # type: ignore[arg-type]
+        )
+        return [m.body["text"] for m in rows]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -197,11 +262,11 @@ async def test_with_rasa_stopped_the_complaint_is_kept_and_classified_when_it_re
         [report] = await reports(service)
         assert report.nlu_status == "pending" and report.agency_id == province["police"]
         # While Rasa is frozen nothing is classified, and nothing waits for long.
-        assert await asyncio.wait_for(backfill.classify_pending(service.db, service.nlu), 10) == 0
+        assert await asyncio.wait_for(backfill.classify_pending(*pending_args(service)), 10) == 0
     finally:
         os.kill(pid, signal.SIGCONT)
     service.nlu._open_until = 0  # the breaker's pause is over (tests do not wait 30 s)
-    assert await backfill.classify_pending(service.db, service.nlu) == 1
+    assert await backfill.classify_pending(*pending_args(service)) == 1
     [report] = await reports(service)
     assert report.nlu_status == "done"
     assert (report.nlu_field, report.field, report.field_source) == (
@@ -210,6 +275,10 @@ async def test_with_rasa_stopped_the_complaint_is_kept_and_classified_when_it_re
         "citizen",
     )
     assert report.category == "procedure" and report.nlu_confidence
+
+
+def pending_args(service: Service) -> tuple[Any, ...]:
+    return service.db, service.nlu, service.settings, service.calendar, service.clock
 
 
 def test_nlu_classify_reads_lines_and_writes_json(rasa_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

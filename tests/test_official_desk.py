@@ -258,8 +258,17 @@ async def test_an_official_takes_up_answers_and_resolves_and_the_citizen_reopens
     ]
     assert steps == [
         ("created", "citizen", None, None, "new", 0, timedelta(0)),
-        ("accept", "official", officer, "new", "assigned", 0, timedelta(minutes=30)),
-        ("reply", "official", officer, "assigned", "answered", 0, timedelta(hours=2, minutes=30)),
+        ("assign", "system", None, "new", "assigned", 0, timedelta(0)),
+        ("accept", "official", officer, "assigned", "in_progress", 0, timedelta(minutes=30)),
+        (
+            "reply",
+            "official",
+            officer,
+            "in_progress",
+            "answered",
+            0,
+            timedelta(hours=2, minutes=30),
+        ),
         ("resolve", "official", officer, "answered", "resolved", 0, timedelta(hours=3, minutes=30)),
         (
             "reopen",
@@ -275,7 +284,7 @@ async def test_an_official_takes_up_answers_and_resolves_and_the_citizen_reopens
             "official",
             head,
             "reopened",
-            "assigned",
+            "in_progress",
             1,
             timedelta(days=1, hours=6, minutes=30),
         ),
@@ -283,7 +292,7 @@ async def test_an_official_takes_up_answers_and_resolves_and_the_citizen_reopens
             "resolve",
             "official",
             head,
-            "assigned",
+            "in_progress",
             "resolved",
             1,
             timedelta(days=1, hours=7, minutes=30),
@@ -298,7 +307,7 @@ async def test_an_official_takes_up_answers_and_resolves_and_the_citizen_reopens
             timedelta(days=1, hours=7, minutes=40),
         ),
     ]
-    assert (await trail(service, rid))[2].note == answer
+    assert (await trail(service, rid))[3].note == answer
 
 
 async def test_forged_unknown_and_garbage_payloads_change_nothing(desk: Desk) -> None:
@@ -331,7 +340,8 @@ async def test_forged_unknown_and_garbage_payloads_change_nothing(desk: Desk) ->
     # The owner's own "Chưa" before anything was resolved: told the current state.
     await chat.post({"payload": f"rc:no:{rid}", "title": "Chưa"})
     assert texts(await chat.replies()) == (
-        f"Phản ánh {code} hiện ở trạng thái: Đã tiếp nhận, đang chờ cơ quan xử lý."
+        f"Phản ánh {code} hiện ở trạng thái: Đã chuyển đến cơ quan có thẩm quyền, chờ cán bộ "
+        "nhận xử lý."
     )
     # Someone else, in another browser, answers for this report.
     desk.http.session.cookie_jar.clear()
@@ -343,7 +353,7 @@ async def test_forged_unknown_and_garbage_payloads_change_nothing(desk: Desk) ->
 
     row = await report_now(service, rid)
     assert (row.status, row.level, row.official_id, row.agency_id) == (
-        "new",
+        "assigned",
         0,
         None,
         desk.ids["econ"],
@@ -379,7 +389,7 @@ async def test_a_repeated_accept_and_a_cancelled_reply(desk: Desk) -> None:
     # What follows goes to the conversation as usual, not to the citizen.
     await desk.officer.say("menu")
     assert await chat.replies() == []
-    assert [e.action for e in await trail(service, rid)] == ["created", "accept"]
+    assert [e.action for e in await trail(service, rid)] == ["created", "assign", "accept"]
 
 
 async def test_an_official_sends_a_report_to_another_agency_with_a_reason(desk: Desk) -> None:
@@ -402,7 +412,11 @@ async def test_an_official_sends_a_report_to_another_agency_with_a_reason(desk: 
     assert done.text.startswith(f"Đã chuyển phản ánh {code} tới {LAND_OFFICE}")
 
     row = await report_now(service, rid)
-    assert (row.agency_id, row.status, row.official_id) == (desk.ids["land_office"], "new", None)
+    assert (row.agency_id, row.status, row.official_id) == (
+        desk.ids["land_office"],
+        "assigned",
+        None,
+    )
     last = (await trail(service, rid))[-1]
     assert (last.action, last.official_id, last.note) == (
         "reassign",

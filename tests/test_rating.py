@@ -106,7 +106,7 @@ async def test_dissatisfied_rating_offers_to_turn_the_comment_into_feedback(
     assert report.text == "Phải đi lại 4 lần mới xong, cán bộ hẹn mãi không trả."
     assert report.code.startswith("PAKN.20261123.")
     assert report.code in texts(done)
-    assert report.source == "rating" and report.field == "land" and report.status == "new"
+    assert report.source == "rating" and report.field == "land" and report.status == "assigned"
 
 
 async def test_unknown_malformed_and_unfinished_dossiers_get_a_clear_answer_and_a_retry(

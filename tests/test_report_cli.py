@@ -148,7 +148,7 @@ def test_officials_act_on_reports_from_the_command_line(db_url: str, settings: S
     assert lines[1].startswith(late) and "QUÁ HẠN" in lines[1]
     overdue = bot(db_url, "report", "list", "--overdue").stdout
     assert late in overdue and fresh not in overdue
-    only = bot(db_url, "report", "list", "--agency", "H42.15.01.01", "--status", "new").stdout
+    only = bot(db_url, "report", "list", "--agency", "H42.15.01.01", "--status", "assigned").stdout
     assert fresh in only and late not in only
 
     # An official of another agency is refused; nothing changes.
@@ -156,7 +156,8 @@ def test_officials_act_on_reports_from_the_command_line(db_url: str, settings: S
     assert refused.returncode == 1
     assert "không có quyền xử lý phản ánh này" in refused.stderr
     report, events, outbox = asyncio.run(_state(db_url, fresh))
-    assert report.status == "new" and [e.action for e in events] == ["created"] and not outbox
+    assert report.status == "assigned" and [e.action for e in events] == ["created", "assign"]
+    assert not outbox
 
     # The officer of the office takes it up (typed loosely), answers, resolves it.
     took = bot(db_url, "report", "accept", fresh.lower().replace(".", " "), "--official", officer)
@@ -182,11 +183,12 @@ def test_officials_act_on_reports_from_the_command_line(db_url: str, settings: S
     assert report.status == "resolved" and report.official_id == ids["officer"]
     assert [(e.action, e.actor, e.official_id) for e in events] == [
         ("created", "citizen", None),
+        ("assign", "system", None),
         ("accept", "official", ids["officer"]),
         ("reply", "official", ids["officer"]),
         ("resolve", "official", ids["officer"]),
     ]
-    assert events[2].note == answer
+    assert events[3].note == answer
     assert [m.body["text"] for m in outbox] == [
         f"Phản ánh {fresh} của anh/chị đã được Phòng Kinh tế, Hạ tầng và Đô thị phường Việt Trì "
         "tiếp nhận xử lý.",
@@ -204,7 +206,7 @@ def test_officials_act_on_reports_from_the_command_line(db_url: str, settings: S
     assert shown.returncode == 0, shown.stderr
     assert "đã được giải quyết, đang chờ người dân xác nhận" in shown.stdout
     assert "Cán bộ xử lý: Phạm Thị Lan" in shown.stdout
-    assert "reply      assigned→answered" in shown.stdout and f"«{answer}»" in shown.stdout
+    assert "reply      in_progress→answered" in shown.stdout and f"«{answer}»" in shown.stdout
     assert f"official Phạm Thị Lan (#{officer})" in shown.stdout
 
     # The police head sends the late judicial-records report to the province.
@@ -227,3 +229,29 @@ def test_officials_act_on_reports_from_the_command_line(db_url: str, settings: S
     assert missing.returncode == 1 and "Không tìm thấy phản ánh" in missing.stderr
     nobody = bot(db_url, "report", "resolve", fresh, "--official", "999999")
     assert nobody.returncode == 1 and "999999" in nobody.stderr
+
+
+def test_an_admin_names_the_accused_official_who_can_then_no_longer_act(
+    db_url: str, settings: Settings
+) -> None:
+    ids = asyncio.run(_setup(db_url, settings))
+    late, _fresh = ids["codes"]
+    head = str(ids["police_head"])
+    named = bot(db_url, "report", "accuse", late, "--official", head, "--note", "hách dịch")
+    assert named.returncode == 0, named.stderr
+    assert f"Phản ánh {late}: cán bộ bị phản ánh là Trần Quốc Bảo (#{head})." in named.stdout
+    # The police head is the only official above the police's report here: nobody is left.
+    assert "Nobody is left to answer for it." in named.stdout
+    report, events, _ = asyncio.run(_state(db_url, late))
+    assert report.accused_official_id == ids["police_head"]
+    assert (events[-1].action, events[-1].actor, events[-1].note) == (
+        "accused",
+        "admin",
+        f"về cán bộ Trần Quốc Bảo (#{head}): hách dịch",
+    )
+    refused = bot(db_url, "report", "accept", late, "--official", head)
+    assert refused.returncode == 1 and "không có quyền xử lý" in refused.stderr
+    assert asyncio.run(_state(db_url, late))[0].status == "assigned"
+
+    missing = bot(db_url, "report", "accuse", late, "--official", "9999")
+    assert missing.returncode == 1 and "No official 9999" in missing.stderr

@@ -317,7 +317,7 @@ async def test_an_official_on_zalo_takes_up_a_report_with_its_buttons(
     await official.tap("Nhận xử lý")
     async with service.db.sessions() as s:
         report = await s.scalar(select(Report))
-    assert report is not None and report.status == "assigned"
+    assert report is not None and report.status == "in_progress"
     assert report.official_id == officer.id
     told = await citizen.replies()
     assert any("tiếp nhận xử lý" in m.text for m in told)
