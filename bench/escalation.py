@@ -70,6 +70,7 @@ REPORT_COLUMNS = [
     "field_source", "nlu_field", "nlu_category", "nlu_confidence", "nlu_status",
     "commune_id", "agency_id", "status", "created_at", "official_id", "accused_official_id",
     "level", "due_at", "next_escalation_at", "next_reminder_at", "next_update_at",
+    "forward_due_at",
 ]  # fmt: skip
 CONVERSATION_COLUMNS = [
     "id", "channel", "user_key", "citizen_id", "lang", "vars", "started_at", "updated_at",
@@ -184,11 +185,11 @@ def report_rows(
         agency_id = unit if i % 5 else commune
         unit_officers = tree["officers"][unit]
         conduct = i % 10 == 0
-        status = "assigned" if i % 3 == 0 else "new"
-        official_id = unit_officers[i % OFFICERS] if status == "assigned" else None
+        status = "in_progress" if i % 3 == 0 else "assigned"
+        official_id = unit_officers[i % OFFICERS] if status == "in_progress" else None
         accused = unit_officers[(i + 1) % OFFICERS] if conduct and i % 20 == 0 else None
         level = 1 if conduct else 0
-        reminder = update = None
+        reminder = update = forward = None
         r = rng.random()
         if i <= WARMUP:
             due = NOW - 40 * day - i * minute
@@ -202,6 +203,11 @@ def report_rows(
             level = max(level, 1)
             due = NOW + rng.uniform(1, 5) * day
             update = NOW - rng.uniform(1, 24 * 60) * minute
+        elif (
+            r < args.due + args.reminders + args.updates + args.untaken and status != "in_progress"
+        ):
+            due = NOW + rng.uniform(5, 10) * day  # nobody took it up in time: pressed
+            forward = NOW - rng.uniform(1, 24 * 60) * minute
         else:  # due in the future, spread over four months
             due = NOW + rng.uniform(1, 120 * 24) * hour
             if level == 0 and rng.random() < 0.8:
@@ -215,6 +221,8 @@ def report_rows(
         created = due - (21 if level == 0 else 35) * day
         if created > NOW - hour:
             created = NOW - rng.uniform(1, 365 * 24) * hour
+        if status == "assigned" and forward is None and created > NOW - 7 * day:
+            forward = created + 7 * day  # received this week: its forward deadline ahead
         field = FIELDS[i % len(FIELDS)]
         rows.append(
             (
@@ -242,6 +250,7 @@ def report_rows(
                 due,
                 reminder,
                 update,
+                forward,
             )
         )
     return rows
@@ -291,7 +300,8 @@ async def seed(url: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         due = await conn.fetchrow(
             "SELECT count(*) FILTER (WHERE next_escalation_at <= $1) AS escalations,"
             " count(*) FILTER (WHERE next_reminder_at <= $1) AS reminders,"
-            " count(*) FILTER (WHERE next_update_at <= $1) AS updates FROM report",
+            " count(*) FILTER (WHERE next_update_at <= $1) AS updates,"
+            " count(*) FILTER (WHERE forward_due_at <= $1) AS untaken FROM report",
             NOW,
         )
         tree["due"] = dict(due)
@@ -309,6 +319,7 @@ class DueQueries:
 
     MARKS: ClassVar[dict[str, str]] = {
         "escalation": "next_escalation_at <=",
+        "forward": "forward_due_at <=",
         "reminder": "next_reminder_at <=",
         "update": "next_update_at <=",
     }
@@ -351,8 +362,14 @@ async def timed(ticker: Ticker) -> tuple[TickResult, float]:
     return result, time.perf_counter() - t0
 
 
-async def ticks(url: str, args: argparse.Namespace, explain: bool) -> dict[str, Any]:
-    """On a freshly seeded database: a warm-up tick, the timed tick, the next one, the digest."""
+async def ticks(
+    url: str, args: argparse.Namespace, explain: bool, fixed: int = 0
+) -> dict[str, Any]:
+    """On a freshly seeded database: a warm-up tick, the timed tick, the next one, the digest.
+
+    With `fixed`, instead: one tick at the moment when `fixed` escalations are due, the
+    same work whatever N is, so that its time shows what N alone costs.
+    """
     environ = {"HAILONG_STORAGE_URL": url, "HAILONG_DEMO_AUTOLOAD": "false"}
     settings = load_settings(ROOT / "config.toml", environ)
     calendar = WorkCalendar(settings.workdays.extra_days_off, settings.workdays.makeup_working_days)
@@ -368,6 +385,25 @@ async def ticks(url: str, args: argparse.Namespace, explain: bool) -> dict[str, 
         out["warm"], _ = await timed(ticker)
         if explain:  # the warm-up's due queries, as the timed tick sends them
             out["plans"] = await queries.explain(url, NOW)
+        if fixed:
+            conn = await asyncpg.connect(url)
+            try:
+                moment = await conn.fetchval(
+                    "SELECT next_escalation_at FROM report WHERE next_escalation_at IS NOT NULL"
+                    " ORDER BY next_escalation_at OFFSET $1 LIMIT 1",
+                    fixed - 1,
+                )
+                # That week's digests count as sent too: the same work is escalations.
+                await conn.execute(
+                    "INSERT INTO digest (official_id, week, created_at) SELECT official_id, $1,"
+                    " created_at FROM digest ON CONFLICT DO NOTHING",
+                    ticker._week(moment),
+                )
+            finally:
+                await conn.close()
+            clock.set(moment)
+            out["tick"] = await timed(ticker)
+            return out
         clock.set(NOW)
         out["tick"] = await timed(ticker)
         out["next"] = await timed(ticker)
@@ -393,8 +429,8 @@ def median(runs: list[tuple[TickResult, float]]) -> tuple[TickResult, float, str
 def work(r: TickResult, seconds: float) -> str:
     rate = f" → {r.work / seconds:,.0f} reports/s" if r.work else ""
     return (
-        f"{r.work} items: {r.escalated} escalated, {r.reminders} reminders, {r.updates} "
-        f"updates, {r.digests} digests; {r.messages} messages{rate}"
+        f"{r.work} items: {r.escalated} escalated, {r.untaken} not taken up, {r.reminders} "
+        f"reminders, {r.updates} updates, {r.digests} digests; {r.messages} messages{rate}"
     )
 
 
@@ -409,32 +445,38 @@ async def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         tree = await seed(url, n, args)
         seeded = time.perf_counter() - t0
-        runs = []
+        runs, fixed_runs = [], []
         for k in range(args.repeat):
-            copies.append(f"{name}_{k}")
-            await copy_database(args.pg, name, copies[-1])
-            runs.append(await ticks(admin_dsn(args.pg, copies[-1]), args, explain=k == 0))
-            await admin(args.pg, f'DROP DATABASE "{copies.pop()}" WITH (FORCE)')
+            for fixed in (0, args.fixed) if args.fixed else (0,):
+                copies.append(f"{name}_{k}_{fixed}")
+                await copy_database(args.pg, name, copies[-1])
+                run = await ticks(admin_dsn(args.pg, copies[-1]), args, k == 0 and not fixed, fixed)
+                (fixed_runs if fixed else runs).append(run)
+                await admin(args.pg, f'DROP DATABASE "{copies.pop()}" WITH (FORCE)')
     finally:
         for db in [*copies, name]:
             await admin(args.pg, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
     due = tree["due"]
     first, next_, digest = (median([run[k] for run in runs]) for k in ("tick", "next", "digest"))
+    same = median([run["tick"] for run in fixed_runs]) if fixed_runs else None
     print(
         f"N = {n:,} reports ({tree['citizens']:,} citizens; {tree['officials']} officials, "
         f"{tree['accounts']} linked accounts)"
     )
     print(f"  seed       {seeded:7.1f} s   ({n / seeded:,.0f} reports/s: COPY, VACUUM ANALYZE)")
     print(
-        f"  due now    {due['escalations']:,} escalations, {due['reminders']:,} reminders, "
-        f"{due['updates']:,} updates; at most {args.batch} of each kind per tick"
+        f"  due now    {due['escalations']:,} escalations, {due['untaken']:,} not taken up, "
+        f"{due['reminders']:,} reminders, {due['updates']:,} updates; at most {args.batch} "
+        "of each kind per tick"
     )
     for kind, plan in runs[0]["plans"].items():
         print(f"  EXPLAIN {kind:<10} {plan}")
     print(f"  tick       {first[2]}  {work(*first[:2])}")
     print(f"  next tick  {next_[2]}  {work(*next_[:2])}")
     print(f"  digest     {digest[2]}  {digest[0].digests} heads (weekly, on its own)")
+    if same is not None:
+        print(f"  same work  {same[2]}  {work(*same[:2])} (when {args.fixed} were due)")
     print(flush=True)
     return {
         "n": n,
@@ -444,6 +486,8 @@ async def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "next": next_[1],
         "next_work": next_[0].work,
         "digest": digest[1],
+        "same": same[1] if same else None,
+        "same_work": same[0].work if same else 0,
     }
 
 
@@ -469,18 +513,34 @@ async def main() -> None:
     ap.add_argument(
         "--updates", type=float, default=0.0001, help="share with a status update due (0.01%%)"
     )
+    ap.add_argument(
+        "--untaken",
+        type=float,
+        default=0.0001,
+        help="share past their forward deadline, nobody took them up (0.01%%)",
+    )
     ap.add_argument("--batch", type=int, default=1000, help="items of each kind per tick")
+    ap.add_argument(
+        "--fixed",
+        type=int,
+        default=100,
+        help="also time a tick when this many escalations are due, for every N (0: not)",
+    )
     ap.add_argument(
         "--repeat", type=int, default=3, help="timed runs per N, each on a fresh copy (median)"
     )
     args = ap.parse_args()
     runs = [await bench(n, args) for n in args.reports or [10_000, 100_000, 1_000_000]]
-    print("       N   seed s   tick ms   items   reports/s   next tick ms (items)   digest ms")
+    print(
+        "       N   seed s   tick ms   items   reports/s   next tick ms (items)   digest ms"
+        "   same work ms (items)"
+    )
     for r in runs:
+        same = f"{r['same'] * 1000:14.1f} ({r['same_work']:5d})" if r["same"] else ""
         print(
             f"{label(r['n']):>8} {r['seed']:8.1f} {r['tick'] * 1000:9.1f} {r['work']:7d} "
             f"{r['work'] / r['tick']:11,.0f} {r['next'] * 1000:14.1f} ({r['next_work']:5d})"
-            f" {r['digest'] * 1000:11.1f}"
+            f" {r['digest'] * 1000:11.1f} {same}"
         )
 
 
