@@ -93,9 +93,10 @@ def build_service(
     sender = OutboxSender(db, clock, channels, settings.outbox, metrics)
     conversations = ConversationService(
         db, settings, clock, flows, on_outbox=sender.wake, metrics=metrics, nlu=nlu,
-        calendar=calendar,
+        calendar=calendar, sender=sender,
     )  # fmt: skip
-    dispatcher = Dispatcher(conversations, db, clock, concurrency=4 if db.is_sqlite else 16)
+    # SQLite has one writer: one batch at a time. PostgreSQL runs batches side by side.
+    dispatcher = Dispatcher(conversations, db, clock, workers=1 if db.is_sqlite else 4)
     ingress = Ingress(db, dispatcher, clock, metrics)
     for channel in channels.values():
         if hasattr(channel, "ingress"):

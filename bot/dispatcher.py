@@ -1,7 +1,15 @@
-"""Runs conversations: one at a time each, in order; different conversations in parallel.
+"""Runs conversations: one at a time each, in order; many together in one batch.
 
-`notify(channel, user)` says a conversation has new inbox events. A sweeper finds events
-nobody was told about (written by a process that died, or a failure to retry).
+`notify(channel, user)` says a conversation has new inbox events. Workers take the
+conversations notified so far (up to `batch` of them, none already being run) and hand
+them to `ConversationService.process`, which handles them in one transaction; what was
+notified meanwhile goes in the next batch. On SQLite one worker runs (there is one
+writer anyway); on PostgreSQL several.
+
+An event waiting for an external call (Rasa) holds its conversation while the call runs
+here, outside any transaction; the conversation is then run again with the outcome. A
+sweeper finds events nobody was told about (written by a process that died, or a
+failure to retry).
 """
 
 from __future__ import annotations
@@ -13,14 +21,15 @@ from datetime import timedelta
 
 from sqlmodel import select
 
+from bot.actions import run_external
 from bot.clock import Clock
-from bot.conversation import ConversationService
+from bot.conversation import ConversationService, External, Key, Known, call_key
 from storage.db import Database
 from storage.models import InboxEvent
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
+AGAIN_AFTER = 0.05  # seconds, for a conversation another process holds
 
 
 class Dispatcher:
@@ -29,40 +38,82 @@ class Dispatcher:
         service: ConversationService,
         db: Database,
         clock: Clock,
-        concurrency: int = 8,
+        workers: int = 1,
+        batch: int = 64,
         sweep_every: float = 5.0,
         sweep_older_than: float = 2.0,
     ) -> None:
         self.service = service
         self.db = db
         self.clock = clock
-        self._limit = asyncio.Semaphore(concurrency)
-        self._running: dict[Key, asyncio.Task[None]] = {}
-        self._dirty: set[Key] = set()
+        self.workers = workers
+        self.batch = batch
+        self._dirty: dict[Key, None] = {}  # notified, in order
+        self._busy: set[Key] = set()  # in a batch, or waiting for an external call
+        self._known: dict[Key, Known] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.sweep_every = sweep_every
         self.sweep_older_than = timedelta(seconds=sweep_older_than)
         self._sweeper: asyncio.Task[None] | None = None
 
     def notify(self, channel: str, user_key: str) -> None:
-        key = (channel, user_key)
-        self._dirty.add(key)
-        if key not in self._running:
-            self._running[key] = asyncio.create_task(self._drain(key), name=f"conv:{channel}")
+        self._dirty[(channel, user_key)] = None
+        self._kick()
 
-    async def _drain(self, key: Key) -> None:
+    def _kick(self) -> None:
+        running = sum(1 for t in self._tasks if t.get_name() == "conversations")
+        if running < self.workers and any(k not in self._busy for k in self._dirty):
+            self._spawn(self._work(), "conversations")
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[Key]:
+        keys = [k for k in self._dirty if k not in self._busy][: self.batch]
+        for k in keys:
+            del self._dirty[k]
+            self._busy.add(k)
+        return keys
+
+    async def _work(self) -> None:
+        while keys := self._take():
+            try:
+                done = await self.service.process(keys, self._known)
+            finally:
+                self._busy.difference_update(keys)
+            for key in keys:
+                if key not in done.external:
+                    self._known.pop(key, None)
+            for key, waiting in done.external.items():
+                self._busy.add(key)
+                self._spawn(self._ask(key, waiting), "external")
+            for key in done.more:
+                self.notify(*key)
+            for key in done.again:
+                asyncio.get_running_loop().call_later(AGAIN_AFTER, self.notify, *key)
+
+    async def _ask(self, key: Key, waiting: External) -> None:
+        """Carry out the calls an event waits for, outside any transaction; run it again."""
         try:
-            while key in self._dirty:
-                self._dirty.discard(key)
-                async with self._limit:
-                    while await self.service.process_next(*key):
-                        pass
+            previous = self._known.get(key)
+            outcomes = dict(previous[1]) if previous and previous[0] == waiting.event_id else {}
+            for call in waiting.calls:
+                outcomes[call_key(call)] = await run_external(
+                    waiting.context, call.action, call.args
+                )
+            self._known[key] = (waiting.event_id, outcomes)
+        except Exception:
+            log.exception("an external call for %s:… failed; its event is run without it", key[0])
         finally:
-            self._running.pop(key, None)
+            self._busy.discard(key)
+        self.notify(*key)
 
     async def idle(self) -> None:
         """Wait until every conversation that was notified has been handled."""
-        while self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def sweep(self) -> int:
         """Notify every conversation with events pending for a while; returns how many."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -211,20 +211,37 @@ class FlowCache:
             self.lists = {**self.lists, "fields": fields}
         self._fields_at = time.monotonic()
 
-    async def library(self, session: AsyncSession, pinned: int | None) -> Library:
-        """Everything the engine may read for one event, loaded inside its transaction."""
+    async def libraries(
+        self, session: AsyncSession, pinned: Iterable[int | None]
+    ) -> dict[int | None, Library]:
+        """What the engine may read, for conversations pinned to these versions (None:
+        not started), loaded inside the transaction of the events they are for: the
+        current versions once, and whichever pinned versions are not cached yet."""
         await self._refresh_fields(session)
         pointers = {f.id: f.current_version_id for f in await session.exec(select(Flow))}
-        wanted = set(pointers.values()) | ({pinned} if pinned else set())
+        pins = set(pinned)
+        wanted = set(pointers.values()) | {p for p in pins if p}
         missing = wanted - self._defs.keys()
         if missing:
             rows = await session.exec(select(FlowVersion).where(FlowVersion.id.in_(missing)))  # type: ignore[union-attr]
             for row in rows:
                 self._defs[row.id] = FlowDef.parse(row.definition)  # type: ignore[index]
-        return Library(
-            current=pointers,
-            versions={v: self._defs[v] for v in wanted if v in self._defs},
-            lists=self.lists,
-            limits=self.limits,
-            idle_reset=self.idle_reset,
-        )
+        current = {v: self._defs[v] for v in pointers.values() if v in self._defs}
+        out: dict[int | None, Library] = {}
+        # A conversation may start, or move to, a current version within the batch too.
+        for pin in pins | set(current) | {None}:
+            versions = dict(current)
+            if pin and pin in self._defs:
+                versions[pin] = self._defs[pin]
+            out[pin] = Library(
+                current=pointers,
+                versions=versions,
+                lists=self.lists,
+                limits=self.limits,
+                idle_reset=self.idle_reset,
+            )
+        return out
+
+    async def library(self, session: AsyncSession, pinned: int | None) -> Library:
+        """The library for one conversation pinned to `pinned` (see `libraries`)."""
+        return (await self.libraries(session, [pinned]))[pinned]

@@ -1,6 +1,16 @@
-"""Ingress: store an incoming event in the inbox, once, then let the dispatcher run it."""
+"""Ingress: store an incoming event in the inbox, once, then let the dispatcher run it.
+
+Events arriving together are stored together: while one write is under way, the next
+events wait for it and then go in one statement, in one transaction (a group commit).
+Each caller gets its answer — new, or a repeat of a stored (channel, platform id) — only
+once its event is committed, so a webhook is answered 200 only for what is kept.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
 
 from bot.channels.base import Inbound
 from bot.clock import Clock
@@ -8,7 +18,13 @@ from bot.dispatcher import Dispatcher
 from bot.metrics import Metrics
 from storage.db import Database
 from storage.models import InboxEvent
-from storage.ops import insert_ignore
+from storage.ops import insert_new
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500  # events per statement: well under SQLite's limit on bound variables
+
+Waiting = tuple[Inbound, "asyncio.Future[bool]"]
 
 
 class Ingress:
@@ -19,26 +35,59 @@ class Ingress:
         self.db = db
         self.dispatcher = dispatcher
         self.clock = clock
+        self._waiting: list[Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def accept(self, event: Inbound) -> bool:
         """Store the event; False when the same (channel, platform id) was seen before."""
-        values = dict(
-            channel=event.channel,
-            platform_id=event.platform_id,
-            user_key=event.user_key,
-            kind=event.kind,
-            text=event.text,
-            payload=event.payload,
-            turn=event.turn,
-            lang=event.lang,
-            received_at=self.clock.now(),
-            status="pending",
-            attempts=0,
-        )
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all(), name="inbox-writer")
+        return await future
+
+    async def _write_all(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            try:
+                new = await self._store([event for event, _ in batch])
+            except Exception as exc:
+                log.exception("could not store %s incoming event(s); the senders get an error")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for i, (event, future) in enumerate(batch):
+                fresh = i in new
+                self.metrics.inbox.labels(event.channel, "new" if fresh else "duplicate").inc()
+                if fresh:
+                    self.dispatcher.notify(event.channel, event.user_key)
+                if not future.done():
+                    future.set_result(fresh)
+
+    async def _store(self, events: list[Inbound]) -> set[int]:
+        """Insert the events; the positions of those that were not stored before."""
+        now = self.clock.now()
+        first: dict[tuple[str, str], int] = {}
+        rows: list[dict[str, Any]] = []
+        for i, e in enumerate(events):
+            if first.setdefault((e.channel, e.platform_id), i) != i:
+                continue  # the same delivery twice in one batch: the first one counts
+            rows.append(
+                {
+                    "channel": e.channel,
+                    "platform_id": e.platform_id,
+                    "user_key": e.user_key,
+                    "kind": e.kind,
+                    "text": e.text,
+                    "payload": e.payload,
+                    "turn": e.turn,
+                    "lang": e.lang,
+                    "received_at": now,
+                    "status": "pending",
+                    "attempts": 0,
+                }
+            )
         async with self.db.transaction() as s:
-            new_id = await insert_ignore(s, InboxEvent, values, ["channel", "platform_id"])
-        self.metrics.inbox.labels(event.channel, "duplicate" if new_id is None else "new").inc()
-        if new_id is None:
-            return False
-        self.dispatcher.notify(event.channel, event.user_key)
-        return True
+            stored = await insert_new(s, InboxEvent, rows, ["channel", "platform_id"])
+        return {first[key] for key in stored}

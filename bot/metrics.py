@@ -46,8 +46,8 @@ class Metrics:
             registry=r,
         )
         self.processing = Histogram(
-            "hailong_event_processing_seconds",
-            "Time to handle one inbox event (one transaction).",
+            "hailong_batch_processing_seconds",
+            "Time to handle one batch of conversations' inbox events (one transaction).",
             registry=r,
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )

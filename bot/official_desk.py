@@ -786,6 +786,12 @@ def _waiting(conv: Conversation, settings: Settings, now: datetime) -> dict[str,
     return waiting
 
 
+def concerns(conv: Conversation, ev: InboxEvent) -> bool:
+    """Whether `handle` may have something to say to this event (a desk or "is it solved?"
+    button, or text an official was asked for): the rest goes straight to the flows."""
+    return DESK_VAR in (conv.vars or {}) or _tap_of(ev) is not None
+
+
 async def handle(
     s: AsyncSession,
     conv: Conversation,

@@ -1,7 +1,10 @@
 """Egress: deliver outbox messages through their channel, in order per recipient.
 
-Each channel has its own sending loop, so a slow or rate-limited platform never delays
-another one's messages.
+Most messages come straight from the batch that wrote them (`handoff`): already claimed
+in that transaction, because nothing else of their recipient was waiting, they are sent
+at once, each recipient's in order on a lane of its own. The rest wait in the outbox for
+a sending loop; each channel has its own, so a slow or rate-limited platform never
+delays another one's messages.
 
 A round claims the first unsent message of each recipient (and the due messages right
 behind it), marks them `sending` with a lease, sends them in order, and records each
@@ -17,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, or_, tuple_, update
 from sqlalchemy.orm import aliased
@@ -35,8 +40,26 @@ from storage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
+Recipient = tuple[str, str]  # (channel, recipient)
+
 LEASE = timedelta(seconds=120)
 BATCH = 200
+
+
+@dataclass
+class _Lane:
+    """One recipient's handed-over messages, sent in order by one task."""
+
+    queue: deque[OutboxMessage] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    # Transactions under way that will hand messages to this lane.
+    holds: int = 0
+    # A message failed: the rest go back to the outbox, behind it.
+    failed: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return self.task is None and not self.queue and self.holds <= 0
 
 
 def _claimable(o: type[OutboxMessage], now: datetime):  # type: ignore[no-untyped-def]
@@ -64,10 +87,124 @@ class OutboxSender:
         self.idle_poll = idle_poll
         self._wakes: dict[str, asyncio.Event] = {name: asyncio.Event() for name in channels}
         self._tasks: list[asyncio.Task[None]] = []
+        # Handed-off messages: each recipient's lane, and every id not yet recorded sent.
+        self._lanes: dict[Recipient, _Lane] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[int] = set()
+        # Sent, waiting to be recorded (one transaction for all that are ready).
+        self._sent: list[tuple[OutboxMessage, str | None]] = []
+        self._recorder: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the sending loops run (messages may be handed to this sender)."""
+        return bool(self._tasks)
+
+    def in_flight(self, message_id: int) -> bool:
+        """Whether this sender holds the message: handed to it and not recorded sent."""
+        return message_id in self._in_flight
 
     def wake(self) -> None:
         for event in self._wakes.values():
             event.set()
+
+    # ---- messages handed over by the batch that wrote them
+
+    def reserve(self, recipient: Recipient) -> None:
+        """Keep this recipient's lane for messages a transaction under way will hand over
+        (`handoff`, or `release` if it does not commit): if a message before them fails
+        meanwhile, they are put back behind it instead of overtaking it."""
+        self._lanes.setdefault(recipient, _Lane()).holds += 1
+
+    def release(self, recipients: Collection[Recipient]) -> None:
+        for key in recipients:
+            lane = self._lanes.get(key)
+            if lane is None:
+                continue
+            lane.holds -= 1
+            if lane.idle:
+                del self._lanes[key]
+
+    def handoff(self, messages: list[OutboxMessage], reserved: Collection[Recipient]) -> None:
+        """Send these claimed messages now, each after those of its recipient before it."""
+        back: list[OutboxMessage] = []
+        for m in messages:
+            key = (m.channel, m.recipient)
+            lane = self._lanes.setdefault(key, _Lane())
+            if lane.failed:
+                back.append(m)  # one before it failed: it waits in the outbox behind it
+                continue
+            self._in_flight.add(m.id)  # type: ignore[arg-type]
+            lane.queue.append(m)
+            if lane.task is None:
+                lane.task = asyncio.create_task(self._run_lane(key), name=f"lane-{m.channel}")
+                self._lane_tasks.add(lane.task)
+                lane.task.add_done_callback(self._lane_tasks.discard)
+        self.release(reserved)
+        if back:
+            task = asyncio.create_task(self._give_back(back), name="outbox-give-back")
+            self._lane_tasks.add(task)
+            task.add_done_callback(self._lane_tasks.discard)
+
+    async def _run_lane(self, key: Recipient) -> None:
+        lane = self._lanes[key]
+        queue = lane.queue
+        try:
+            while queue:
+                message = queue[0]
+                channel = self.channels[message.channel]
+                try:
+                    platform_id = await channel.send(message)
+                except Undeliverable as exc:
+                    await self._park(message, f"undeliverable: {exc}")
+                except Exception as exc:
+                    # Put back, with every message queued behind it (also those handed
+                    # over while that is written, and those of transactions under way).
+                    lane.failed = True
+                    retry_after = exc.retry_after if isinstance(exc, TemporaryFailure) else None
+                    given = len(queue)
+                    await self._retry_later(message, exc, retry_after, behind=list(queue)[1:])
+                    while len(queue) > given:
+                        late, given = list(queue)[given:], len(queue)
+                        await self._give_back(late)
+                    for m in queue:
+                        self._in_flight.discard(m.id)  # type: ignore[arg-type]
+                    queue.clear()
+                    break
+                else:
+                    self._sent.append((message, platform_id))
+                    if self._recorder is None or self._recorder.done():
+                        self._recorder = asyncio.create_task(
+                            self._record_sent(), name="outbox-recorder"
+                        )
+                    queue.popleft()
+                    continue
+                self._in_flight.discard(message.id)  # type: ignore[arg-type]
+                queue.popleft()  # parked: the next one may go
+        except asyncio.CancelledError:
+            for m in queue:  # their leases run out: the sending loops take them then
+                self._in_flight.discard(m.id)  # type: ignore[arg-type]
+            queue.clear()
+            raise
+        finally:
+            lane.task = None
+            if lane.idle:
+                del self._lanes[key]
+
+    async def _record_sent(self) -> None:
+        """Record what was sent, all that is ready in one transaction, until none is left."""
+        while self._sent:
+            sent, self._sent = self._sent, []
+            try:
+                await self._mark_sent(sent)
+            except Exception:
+                log.exception(
+                    "could not record %s message(s) as sent; their leases run out and they "
+                    "are sent again",
+                    len(sent),
+                )
+            for m, _ in sent:
+                self._in_flight.discard(m.id)  # type: ignore[arg-type]
 
     async def claim(self, channels: Collection[str] | None = None) -> list[OutboxMessage]:
         """Take due messages: each recipient's first unsent one and those right behind it."""
@@ -124,8 +261,10 @@ class OutboxSender:
             queues[(m.channel, m.recipient)].append(m)
         sent: list[tuple[OutboxMessage, str | None]] = []
         await asyncio.gather(*(self._deliver_queue(q, sent) for q in queues.values()))
-        if not sent:
-            return
+        if sent:
+            await self._mark_sent(sent)
+
+    async def _mark_sent(self, sent: list[tuple[OutboxMessage, str | None]]) -> None:
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
         async with self.db.transaction() as s:
             await s.exec(
@@ -216,13 +355,11 @@ class OutboxSender:
                 )
             if behind:
                 # Later messages wait behind the failed one; their claim is given back.
-                await s.exec(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id.in_([m.id for m in behind]))  # type: ignore[union-attr]
-                    .values(
-                        status="pending", claimed_until=None, attempts=OutboxMessage.attempts - 1
-                    )
-                )
+                await _given_back(s, behind)
+
+    async def _give_back(self, messages: list[OutboxMessage]) -> None:
+        async with self.db.transaction() as s:
+            await _given_back(s, messages)
 
     async def run_once(self, channels: Collection[str] | None = None) -> int:
         """One round: claim and deliver; returns how many messages were claimed."""
@@ -250,8 +387,27 @@ class OutboxSender:
             for name in self.channels
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop the loops; messages handed over are sent first (for `grace` seconds at
+        most: what is left then is sent again when its lease runs out)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        lanes = list(self._lane_tasks)
+        if lanes:
+            _, late = await asyncio.wait(lanes, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._recorder is not None:
+            await asyncio.gather(self._recorder, return_exceptions=True)
+
+
+async def _given_back(s: Any, messages: list[OutboxMessage]) -> None:
+    """Claimed messages back to the outbox, unsent, as if never claimed."""
+    await s.exec(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_([m.id for m in messages]))  # type: ignore[union-attr]
+        .values(status="pending", claimed_until=None, attempts=OutboxMessage.attempts - 1)
+    )

@@ -1,9 +1,9 @@
 """Database engines and transactions.
 
-SQLite (aiosqlite) is the default: WAL journal, a busy timeout, and write transactions
-that take the write lock when they begin (``BEGIN IMMEDIATE``) so two writers queue
-instead of failing half-way. PostgreSQL (asyncpg) is used for several processes.
-Neither blocks the event loop.
+SQLite (aiosqlite, one thread trip per statement: storage/sqlite_driver.py) is the
+default: WAL journal, a busy timeout, and write transactions that take the write lock
+when they begin (``BEGIN IMMEDIATE``) so two writers queue instead of failing half-way.
+PostgreSQL (asyncpg) is used for several processes. Neither blocks the event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage import sqlite_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -77,6 +79,8 @@ class Database:
             kw.setdefault("pool_size", pool_size)
             kw.setdefault("max_overflow", pool_size)
             kw.setdefault("pool_pre_ping", True)
+        if self.is_sqlite:
+            kw.setdefault("module", sqlite_driver.dbapi())
         self.engine = create_async_engine(self.url, **kw)
         self._write_lock: asyncio.Lock | None = None
         if self.is_sqlite:

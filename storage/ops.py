@@ -31,6 +31,25 @@ async def insert_ignore(
     return result.scalar_one_or_none()
 
 
+async def insert_new(
+    session: AsyncSession, table: type[SQLModel], rows: list[dict[str, Any]], conflict: list[str]
+) -> set[tuple[Any, ...]]:
+    """Insert many rows in one statement, skipping those whose `conflict` columns exist.
+
+    Returns the `conflict` values of the rows that were inserted (the new ones).
+    """
+    if not rows:
+        return set()
+    columns = table.__table__.c  # type: ignore[attr-defined]
+    stmt = (
+        _insert(session, table)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=conflict)
+        .returning(*(columns[c] for c in conflict))
+    )
+    return {tuple(row) for row in await session.exec(stmt)}  # type: ignore[call-overload]
+
+
 async def next_in_sequence(session: AsyncSession, name: str) -> int:
     """Atomically take the next number of a named sequence (1, 2, 3, …)."""
     stmt = _insert(session, Counter).values(name=name, value=1)

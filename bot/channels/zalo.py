@@ -38,6 +38,7 @@ from bot.config import ZaloSettings
 from bot.logs import mask
 from storage.db import Database
 from storage.models import ChannelToken, OutboxMessage
+from storage.ops import insert_new
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +101,22 @@ class ZaloTokens:
         return self._access
 
     async def _load(self) -> None:
-        async with self.db.transaction() as s:
-            row = await s.get(ChannelToken, NAME)
-            if row is None:
-                row = ChannelToken(
-                    channel=NAME,
-                    access_token=self.settings.access_token,
-                    refresh_token=self.settings.refresh_token,
-                    expires_at=None,
-                    updated_at=self.clock.now(),
-                )
-                s.add(row)
+        """The stored pair; on the very first start, the pair from the configuration."""
+        async with self._lock:
+            if self._access is not None:
+                return  # loaded by another send meanwhile
+            seed = {
+                "channel": NAME,
+                "access_token": self.settings.access_token,
+                "refresh_token": self.settings.refresh_token,
+                "expires_at": None,
+                "updated_at": self.clock.now(),
+            }
+            async with self.db.transaction() as s:
+                # Another process may be seeding it too: the first row stays.
+                await insert_new(s, ChannelToken, [seed], ["channel"])
+                row = await s.get(ChannelToken, NAME)
+            assert row is not None
             self._access, self._expires_at = row.access_token, row.expires_at
 
     async def refresh(self, stale: str) -> str:
