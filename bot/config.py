@@ -90,8 +90,8 @@ class TelegramSettings(_Section):
     secret_token: str = ""
     webhook_url: str = ""
     api_base: str = "https://api.telegram.org"
-    rate_per_second: Annotated[float, Field(gt=0, le=1000)] = 30
-    rate_per_chat_per_second: Annotated[float, Field(gt=0, le=100)] = 1
+    rate_per_second: Annotated[float, Field(gt=0, le=1_000_000)] = 30
+    rate_per_chat_per_second: Annotated[float, Field(gt=0, le=1000)] = 1
 
     @field_validator("token")
     @classmethod
@@ -136,7 +136,7 @@ class ZaloSettings(_Section):
     refresh_token: str = ""
     api_base: str = "https://openapi.zalo.me"
     oauth_base: str = "https://oauth.zaloapp.com"
-    rate_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 4000
+    rate_per_minute: Annotated[int, Field(ge=1, le=100_000_000)] = 4000
 
     @field_validator("api_base", "oauth_base")
     @classmethod

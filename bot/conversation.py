@@ -24,14 +24,12 @@ already claimed, so they go out at once; the others wait their turn in the outbo
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSessionTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSessionTransaction
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import official_desk
@@ -53,9 +51,10 @@ from bot.nlu import NluClient
 from bot.outbox import LEASE, OutboxSender
 from bot.workdays import WorkCalendar
 from flows import engine
+from storage import messages
 from storage.db import Database
-from storage.models import Citizen, Conversation, InboxEvent, OutboxMessage
-from storage.ops import insert_ignore
+from storage.messages import ConversationRow, EventRow, Outgoing
+from storage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +72,6 @@ APOLOGY = {
     'Please try again in a few minutes or type "menu" to start over.',
 }
 MERGE_UP_TO = 1500  # characters; keeps a merged message under Zalo's 2,000
-
-CITIZEN = Citizen.__table__  # type: ignore[attr-defined]
-CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
-INBOX = InboxEvent.__table__  # type: ignore[attr-defined]
-OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 def call_key(call: engine.Call) -> CallKey:
@@ -100,7 +94,7 @@ def merge_sends(sends: list[engine.Send]) -> list[engine.Send]:
     return out
 
 
-def to_engine_event(ev: InboxEvent) -> engine.Event:
+def to_engine_event(ev: EventRow) -> engine.Event:
     if ev.kind == "button":
         return engine.Tap(ev.payload or "", ev.turn)
     if ev.kind == "start":
@@ -144,27 +138,67 @@ class _Round:
     """The writes a batch collects and makes together at the end."""
 
     now: datetime
-    conversations: dict[int, Conversation] = field(default_factory=dict)
+    conversations: dict[int, ConversationRow] = field(default_factory=dict)
     done: list[int] = field(default_factory=list)
     retries: list[dict[str, Any]] = field(default_factory=list)
-    messages: list[tuple[Conversation, dict[str, Any]]] = field(default_factory=list)
+    messages: list[tuple[ConversationRow, dict[str, Any]]] = field(default_factory=list)
     # Recipients whose messages go straight to the sender (their lanes are held for them).
     reserved: list[Key] = field(default_factory=list)
+    # Messages were left waiting in the outbox (the sending loops must look).
+    waiting: bool = False
+
+
+class _Tables:
+    """The ORM session of a batch, for the events with table work (official's buttons,
+    table actions): made on first use, on the batch's connection and in its transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._session: AsyncSession | None = None
+
+    @property
+    def used(self) -> bool:
+        return self._session is not None
+
+    async def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = AsyncSession(
+                bind=self.conn,
+                expire_on_commit=False,
+                join_transaction_mode="rollback_only",
+            )
+        return self._session
+
+    async def flush(self) -> None:
+        if self._session is not None:
+            await self._session.flush()
+
+    def queued_for(self) -> set[Key]:
+        """Recipients of outbox messages the table work added (flushed or not)."""
+        if self._session is None:
+            return set()
+        objects = [*self._session.identity_map.values(), *self._session.new]
+        return {(o.channel, o.recipient) for o in objects if isinstance(o, OutboxMessage)}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 class _Event:
     """One event of a conversation being processed: its savepoint, its messages."""
 
-    def __init__(self, s: AsyncSession) -> None:
-        self.s = s
+    def __init__(self, tables: _Tables) -> None:
+        self.tables_ = tables
         self.savepoint: AsyncSessionTransaction | None = None
         self.messages: list[dict[str, Any]] = []
 
     async def tables(self) -> AsyncSession:
         """The session, inside this event's savepoint (opened on first use)."""
+        s = await self.tables_.session()
         if self.savepoint is None:
-            self.savepoint = await self.s.begin_nested()
-        return self.s
+            self.savepoint = await s.begin_nested()
+        return s
 
     async def commit(self) -> None:
         if self.savepoint is not None:
@@ -211,7 +245,8 @@ class ConversationService:
         known = known or {}
         out = _Round(self.clock.now())
         try:
-            handed = await self._batch(keys, known, batch, out)
+            with self.metrics.processing.time():
+                handed = await self._batch(keys, known, batch, out)
         except Exception as exc:
             if self.sender is not None:
                 self.sender.release(out.reserved)
@@ -232,117 +267,47 @@ class ConversationService:
             return batch
         if self.sender is not None and out.reserved:
             self.sender.handoff(handed, out.reserved)
-        self.on_outbox()
+        if out.waiting:
+            self.on_outbox()
         return batch
 
     async def _batch(
         self, keys: Sequence[Key], known: Mapping[Key, Known], batch: Batch, out: _Round
-    ) -> list[OutboxMessage]:
-        now = out.now
-        with self.metrics.processing.time():
-            async with self.db.transaction() as s:
-                convs = await self._conversations(s, keys, now, batch)
-                events = await self._pending(s, list(convs))
-                libs = await self.flows.libraries(s, (c.flow_version_id for c in convs.values()))
-                for key, conv in convs.items():
-                    queue = events.get(key, [])
+    ) -> list[Outgoing]:
+        async with self.db.batch() as conn:
+            rows = messages.Batch(conn, self.db.is_sqlite)
+            tables = _Tables(conn)
+            try:
+                loaded = await rows.load(list(keys), self.settings.chat.default_language, out.now)
+                batch.again |= loaded.elsewhere
+                libs = await self.flows.libraries_for(
+                    loaded.pointers,
+                    (c.flow_version_id for c in loaded.conversations.values()),
+                    tables.session,
+                )
+                for key in keys:
+                    conv = loaded.conversations.get(key)
+                    if conv is None:
+                        continue
+                    queue = loaded.events.get(key, [])
                     if len(queue) > EVENTS_PER_CONVERSATION:
                         queue = queue[:EVENTS_PER_CONVERSATION]
                         batch.more.add(key)
                     for ev in queue:
-                        if not await self._one(s, conv, ev, libs, known.get(key), out, batch):
+                        if not await self._one(tables, conv, ev, libs, known.get(key), out, batch):
                             break
                         batch.events += 1
-                return await self._write(s, out)
-
-    async def _conversations(
-        self, s: AsyncSession, keys: Sequence[Key], now: datetime, batch: Batch
-    ) -> dict[Key, Conversation]:
-        """The conversations, locked for this transaction (created for a first message).
-
-        On PostgreSQL one locked by another process is skipped, to be run again: that
-        process is running it, and waiting for it would hold up the whole batch.
-        """
-        pg = not self.db.is_sqlite
-        by_channel: dict[str, list[str]] = defaultdict(list)
-        for channel, user_key in keys:
-            by_channel[channel].append(user_key)
-        found: dict[Key, Conversation] = {}
-        for channel, users in by_channel.items():
-            query = select(CONVERSATION).where(
-                CONVERSATION.c.channel == channel, CONVERSATION.c.user_key.in_(users)
-            )
-            if pg:
-                query = query.with_for_update(skip_locked=True)
-            for row in (await s.exec(query)).mappings():
-                found[(channel, row["user_key"])] = Conversation(**row)
-            missing = [u for u in users if (channel, u) not in found]
-            if missing and pg:
-                elsewhere = await s.exec(
-                    select(CONVERSATION.c.user_key).where(
-                        CONVERSATION.c.channel == channel, CONVERSATION.c.user_key.in_(missing)
-                    )
-                )
-                for (user_key,) in elsewhere:
-                    batch.again.add((channel, user_key))
-                    missing.remove(user_key)
-            for user_key in missing:
-                found[(channel, user_key)] = await self._new_conversation(s, channel, user_key, now)
-        return {k: found[k] for k in keys if k in found}
-
-    async def _new_conversation(
-        self, s: AsyncSession, channel: str, user_key: str, now: datetime
-    ) -> Conversation:
-        citizen_id = (
-            await s.exec(insert(CITIZEN).values(created_at=now).returning(CITIZEN.c.id))
-        ).scalar_one()
-        values = dict(
-            channel=channel,
-            user_key=user_key,
-            citizen_id=citizen_id,
-            lang=self.settings.chat.default_language,
-            vars={},
-            started_at=now,
-            updated_at=now,
-        )
-        if await insert_ignore(s, Conversation, values, ["channel", "user_key"]) is None:
-            # Another process created it first: theirs counts (this citizen row goes).
-            await s.exec(CITIZEN.delete().where(CITIZEN.c.id == citizen_id))
-        query = select(CONVERSATION).where(
-            CONVERSATION.c.channel == channel, CONVERSATION.c.user_key == user_key
-        )
-        if not self.db.is_sqlite:
-            query = query.with_for_update()
-        row = (await s.exec(query)).mappings().one()
-        return Conversation(**row)
-
-    async def _pending(self, s: AsyncSession, keys: list[Key]) -> dict[Key, list[InboxEvent]]:
-        """Each conversation's pending events, oldest first."""
-        by_channel: dict[str, list[str]] = defaultdict(list)
-        for channel, user_key in keys:
-            by_channel[channel].append(user_key)
-        out: dict[Key, list[InboxEvent]] = defaultdict(list)
-        for channel, users in by_channel.items():
-            rows = await s.exec(
-                select(INBOX)
-                .where(
-                    INBOX.c.channel == channel,
-                    INBOX.c.user_key.in_(users),
-                    INBOX.c.status == "pending",
-                )
-                .order_by(INBOX.c.id)
-            )
-            for row in rows.mappings():
-                out[(channel, row["user_key"])].append(InboxEvent(**row))
-        return out
+                return await self._write(rows, tables, loaded, out)
+            finally:
+                await tables.close()
 
     # ---------------------------------------------------------------- one event
 
     async def _one(
         self,
-        s: AsyncSession,
-        conv: Conversation,
-        ev: InboxEvent,
+        tables: _Tables,
+        conv: ConversationRow,
+        ev: EventRow,
         libs: Mapping[int | None, engine.Library],
         known: Known | None,
         out: _Round,
@@ -350,7 +315,7 @@ class ConversationService:
     ) -> bool:
         """Process one event; False when the conversation stops here for this batch."""
         key = (conv.channel, conv.user_key)
-        step = _Event(s)
+        step = _Event(tables)
         before = (conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at)
         outcomes = known[1] if known is not None and known[0] == ev.id else {}
         try:
@@ -359,7 +324,7 @@ class ConversationService:
         except _NeedsExternal as need:
             await step.rollback()
             conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at = before
-            batch.external[key] = External(ev.id, [need.call], need.context)  # type: ignore[arg-type]
+            batch.external[key] = External(ev.id, [need.call], need.context)
             return False
         except Exception as exc:
             await step.rollback()
@@ -367,16 +332,17 @@ class ConversationService:
             self._failed(conv, ev, exc, out)
             batch.failed.add(key)
             return False
-        out.conversations[conv.id] = conv  # type: ignore[index]
-        out.done.append(ev.id)  # type: ignore[arg-type]
+        out.conversations[conv.id] = conv
+        out.done.append(ev.id)
         out.messages.extend((conv, body) for body in step.messages)
+        out.waiting |= step.savepoint is not None  # its table work may have queued messages
         return True
 
     async def _apply(
         self,
         step: _Event,
-        conv: Conversation,
-        ev: InboxEvent,
+        conv: ConversationRow,
+        ev: EventRow,
         now: datetime,
         lib: engine.Library,
         known: Mapping[CallKey, engine.ActionDone],
@@ -426,7 +392,7 @@ class ConversationService:
     def _external_context(self, lib: engine.Library) -> ExternalContext:
         return ExternalContext(self.settings, self.nlu, list(lib.lists.get("fields", [])))
 
-    def _state(self, conv: Conversation, ev: InboxEvent) -> engine.State:
+    def _state(self, conv: ConversationRow, ev: EventRow) -> engine.State:
         lang = conv.lang or self.settings.chat.default_language
         return engine.State(
             lang=lang,
@@ -436,13 +402,13 @@ class ConversationService:
             updated_at=None if conv.step is None else conv.updated_at,
         )
 
-    def _failed(self, conv: Conversation, ev: InboxEvent, exc: Exception, out: _Round) -> None:
+    def _failed(self, conv: ConversationRow, ev: EventRow, exc: Exception, out: _Round) -> None:
         """Count the failure; after the last attempt the event is kept as failed, the
         conversation starts over and the citizen gets an apology."""
         attempts = (ev.attempts or 0) + 1
         error = f"{type(exc).__name__}: {exc}"[:2000]
         final = isinstance(exc, engine.FlowError) or attempts >= MAX_ATTEMPTS
-        row: dict[str, Any] = {"_id": ev.id, "attempts": attempts, "error": error}
+        row: dict[str, Any] = {"id": ev.id, "attempts": attempts, "error": error}
         if not final:
             log.warning(
                 "inbox event %s (%s) failed, attempt %s of %s, will retry: %s",
@@ -468,50 +434,31 @@ class ConversationService:
         conv.step = None
         conv.vars = {"_turn": (conv.vars or {}).get("_turn", 0)}
         conv.updated_at = out.now
-        out.conversations[conv.id] = conv  # type: ignore[index]
+        out.conversations[conv.id] = conv
         apology = message_body(APOLOGY.get(conv.lang, APOLOGY["vi"]), [], None)
         out.messages.append((conv, apology))
 
     # ---------------------------------------------------------------- the writes
 
-    async def _write(self, s: AsyncSession, out: _Round) -> list[OutboxMessage]:
-        """States, inbox marks and messages in a few statements; the messages that can be
-        sent at once, claimed, for the sender."""
+    async def _write(
+        self, rows: messages.Batch, tables: _Tables, loaded: messages.Loaded, out: _Round
+    ) -> list[Outgoing]:
+        """States, inbox marks and messages, together; the messages that can be sent at
+        once (claimed here) for the sender."""
         now = out.now
-        if out.conversations:
-            await s.exec(
-                update(CONVERSATION).where(CONVERSATION.c.id == bindparam("_id")),
-                params=[
-                    {
-                        "_id": c.id,
-                        "lang": c.lang,
-                        "flow_version_id": c.flow_version_id,
-                        "step": c.step,
-                        "vars": c.vars,
-                        "updated_at": c.updated_at,
-                    }
-                    for c in out.conversations.values()
-                ],
-            )
-        if out.done:
-            await s.exec(
-                update(INBOX)
-                .where(INBOX.c.id.in_(out.done))
-                .values(status="done", processed_at=now)
-            )
-        if out.retries:
-            await s.exec(update(INBOX).where(INBOX.c.id == bindparam("_id")), params=out.retries)
-        if not out.messages:
-            return []
-        await s.flush()  # the actions' own messages first: they hold their place in line
-        ready = await self._ready(s, {(c.channel, c.user_key) for c, _ in out.messages})
+        if tables.used:
+            await tables.flush()  # the table actions' own writes first
+        ready = self._ready({(c.channel, c.user_key) for c, _ in out.messages}, loaded, tables)
         for key in ready:
             self.sender.reserve(key)  # type: ignore[union-attr]  # ready: there is a sender
             out.reserved.append(key)
-        rows = []
+        changes = messages.Changes(
+            conversations=list(out.conversations.values()), done=out.done, failures=out.retries
+        )
         for conv, body in out.messages:
             now_sending = (conv.channel, conv.user_key) in ready
-            rows.append(
+            out.waiting |= not now_sending
+            changes.messages.append(
                 {
                     "channel": conv.channel,
                     "recipient": conv.user_key,
@@ -524,57 +471,43 @@ class ConversationService:
                     "created_at": now,
                 }
             )
-        ids = (
-            await s.exec(
-                insert(OUTBOX).returning(OUTBOX.c.id, sort_by_parameter_order=True), params=rows
-            )
-        ).scalars()
+        ids = await rows.write(changes, now)
         return [
-            OutboxMessage(id=i, **row)
-            for i, row in zip(ids, rows, strict=True)
-            if row["status"] == "sending"
+            Outgoing(i, m["channel"], m["recipient"], m["conversation_id"], m["body"], 1)
+            for i, m in zip(ids, changes.messages, strict=True)
+            if m["status"] == "sending"
         ]
 
-    async def _ready(self, s: AsyncSession, recipients: set[Key]) -> set[Key]:
+    def _ready(self, recipients: set[Key], loaded: messages.Loaded, tables: _Tables) -> set[Key]:
         """The recipients whose new messages can be handed to the sender now: nothing of
-        theirs waits in the outbox but what this process's sender is sending already."""
+        theirs waits in the outbox but what this process's sender is sending already (and
+        no table action of this batch queued a message for them)."""
         if self.sender is None or not self.sender.running:
             return set()
-        by_channel: dict[str, list[str]] = defaultdict(list)
-        for channel, recipient in recipients:
-            by_channel[channel].append(recipient)
-        ready = set(recipients)
-        for channel, users in by_channel.items():
-            rows = await s.exec(
-                select(OUTBOX.c.recipient, OUTBOX.c.id).where(
-                    OUTBOX.c.channel == channel,
-                    OUTBOX.c.recipient.in_(users),
-                    OUTBOX.c.status.in_(("pending", "sending")),
-                )
-            )
-            for recipient, message_id in rows:
-                if not self.sender.in_flight(message_id):
-                    ready.discard((channel, recipient))
-        return ready
+        busy = tables.queued_for()
+        return {
+            key
+            for key in recipients
+            if key not in busy and all(self.sender.in_flight(i) for i in loaded.unsent.get(key, ()))
+        }
 
     async def _record_failure(self, key: Key, exc: Exception) -> None:
         """A conversation whose batch could not run at all: its first pending event gets
         the failure (retried, then kept as failed with an apology)."""
         channel, user_key = key
         log.warning("conversation %s:%s could not be processed: %r", channel, mask(user_key), exc)
-        now = self.clock.now()
-        out = _Round(now)
+        out = _Round(self.clock.now())
         try:
-            async with self.db.transaction() as s:
-                batch = Batch()
-                convs = await self._conversations(s, [key], now, batch)
-                conv = convs.get(key)
-                events = await self._pending(s, [key]) if conv is not None else {}
-                queue = events.get(key, [])
+            async with self.db.batch() as conn:
+                rows = messages.Batch(conn, self.db.is_sqlite)
+                tables = _Tables(conn)
+                loaded = await rows.load([key], self.settings.chat.default_language, out.now)
+                conv = loaded.conversations.get(key)
+                queue = loaded.events.get(key, [])
                 if conv is None or not queue:
                     return
                 self._failed(conv, queue[0], exc, out)
-                handed = await self._write(s, out)
+                handed = await self._write(rows, tables, loaded, out)
         except Exception:
             if self.sender is not None:
                 self.sender.release(out.reserved)
@@ -586,4 +519,5 @@ class ConversationService:
             return
         if self.sender is not None and out.reserved:
             self.sender.handoff(handed, out.reserved)
-        self.on_outbox()
+        if out.waiting:
+            self.on_outbox()

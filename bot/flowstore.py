@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -217,13 +217,29 @@ class FlowCache:
         """What the engine may read, for conversations pinned to these versions (None:
         not started), loaded inside the transaction of the events they are for: the
         current versions once, and whichever pinned versions are not cached yet."""
-        await self._refresh_fields(session)
         pointers = {f.id: f.current_version_id for f in await session.exec(select(Flow))}
+
+        async def same() -> AsyncSession:
+            return session
+
+        return await self.libraries_for(pointers, pinned, same)
+
+    async def libraries_for(
+        self,
+        pointers: dict[str, int],
+        pinned: Iterable[int | None],
+        session: Callable[[], Awaitable[AsyncSession]],
+    ) -> dict[int | None, Library]:
+        """`libraries`, with the current versions (`pointers`) already read; `session`
+        is asked for only when something is not cached (a version, the fields)."""
+        if time.monotonic() - self._fields_at >= FIELDS_TTL_SECONDS:
+            await self._refresh_fields(await session())
         pins = set(pinned)
         wanted = set(pointers.values()) | {p for p in pins if p}
         missing = wanted - self._defs.keys()
         if missing:
-            rows = await session.exec(select(FlowVersion).where(FlowVersion.id.in_(missing)))  # type: ignore[union-attr]
+            s = await session()
+            rows = await s.exec(select(FlowVersion).where(FlowVersion.id.in_(missing)))  # type: ignore[union-attr]
             for row in rows:
                 self._defs[row.id] = FlowDef.parse(row.definition)  # type: ignore[index]
         current = {v: self._defs[v] for v in pointers.values() if v in self._defs}

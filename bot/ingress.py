@@ -17,8 +17,6 @@ from bot.clock import Clock
 from bot.dispatcher import Dispatcher
 from bot.metrics import Metrics
 from storage.db import Database
-from storage.models import InboxEvent
-from storage.ops import insert_new
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +86,5 @@ class Ingress:
                     "attempts": 0,
                 }
             )
-        async with self.db.transaction() as s:
-            stored = await insert_new(s, InboxEvent, rows, ["channel", "platform_id"])
+        stored = await self.db.writer.store_inbox(rows)
         return {first[key] for key in stored}

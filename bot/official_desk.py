@@ -54,11 +54,11 @@ from bot.reports import (
 )
 from bot.workdays import WorkCalendar
 from nlu.text import fold
+from storage.messages import ConversationRow, EventRow
 from storage.models import (
     Agency,
     Conversation,
     FieldOfWork,
-    InboxEvent,
     Official,
     OfficialAccount,
     OutboxMessage,
@@ -743,7 +743,7 @@ class _Tap:
     agency_id: int = 0
 
 
-def _tap_of(ev: InboxEvent) -> _Tap | None:
+def _tap_of(ev: EventRow) -> _Tap | None:
     """The desk payload this event carries (a button, or a text equal to one), if any."""
     if ev.kind == "button":
         raw = (ev.payload or "").strip()
@@ -762,7 +762,7 @@ def _tap_of(ev: InboxEvent) -> _Tap | None:
     return _Tap("bad", raw[:2])
 
 
-def _set_waiting(conv: Conversation, value: dict[str, Any] | None) -> None:
+def _set_waiting(conv: ConversationRow, value: dict[str, Any] | None) -> None:
     current = dict(conv.vars or {})
     if value is None:
         if DESK_VAR not in current:
@@ -773,7 +773,7 @@ def _set_waiting(conv: Conversation, value: dict[str, Any] | None) -> None:
     conv.vars = current  # a new dict: the JSON column sees the change
 
 
-def _waiting(conv: Conversation, settings: Settings, now: datetime) -> dict[str, Any] | None:
+def _waiting(conv: ConversationRow, settings: Settings, now: datetime) -> dict[str, Any] | None:
     waiting = (conv.vars or {}).get(DESK_VAR)
     if not isinstance(waiting, dict) or not isinstance(waiting.get("report"), int):
         return None
@@ -786,7 +786,7 @@ def _waiting(conv: Conversation, settings: Settings, now: datetime) -> dict[str,
     return waiting
 
 
-def concerns(conv: Conversation, ev: InboxEvent) -> bool:
+def concerns(conv: ConversationRow, ev: EventRow) -> bool:
     """Whether `handle` may have something to say to this event (a desk or "is it solved?"
     button, or text an official was asked for): the rest goes straight to the flows."""
     return DESK_VAR in (conv.vars or {}) or _tap_of(ev) is not None
@@ -794,8 +794,8 @@ def concerns(conv: Conversation, ev: InboxEvent) -> bool:
 
 async def handle(
     s: AsyncSession,
-    conv: Conversation,
-    ev: InboxEvent,
+    conv: ConversationRow,
+    ev: EventRow,
     settings: Settings,
     calendar: WorkCalendar,
     now: datetime,
@@ -833,7 +833,7 @@ async def handle(
 
 async def _official_tap(
     s: AsyncSession,
-    conv: Conversation,
+    conv: ConversationRow,
     official: Official,
     report: Report,
     tap: _Tap,
@@ -879,8 +879,8 @@ async def _official_tap(
 
 async def _typed(
     s: AsyncSession,
-    conv: Conversation,
-    ev: InboxEvent,
+    conv: ConversationRow,
+    ev: EventRow,
     waiting: dict[str, Any],
     settings: Settings,
     now: datetime,
@@ -930,7 +930,7 @@ async def _typed(
 
 async def _citizen_tap(
     s: AsyncSession,
-    conv: Conversation,
+    conv: ConversationRow,
     tap: _Tap,
     settings: Settings,
     calendar: WorkCalendar,

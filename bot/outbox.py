@@ -26,16 +26,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, or_, tuple_, update
+from sqlalchemy import and_, exists, or_, tuple_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
-from bot.channels.base import Channel, TemporaryFailure, Undeliverable
+from bot.channels.base import Channel, Message, TemporaryFailure, Undeliverable
 from bot.clock import Clock
 from bot.config import OutboxSettings
 from bot.logs import mask
 from bot.metrics import Metrics
 from storage.db import Database
+from storage.messages import Outgoing
 from storage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ BATCH = 200
 class _Lane:
     """One recipient's handed-over messages, sent in order by one task."""
 
-    queue: deque[OutboxMessage] = field(default_factory=deque)
+    queue: deque[Message] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
     # Transactions under way that will hand messages to this lane.
     holds: int = 0
@@ -63,9 +64,18 @@ class _Lane:
 
 
 def _claimable(o: type[OutboxMessage], now: datetime):  # type: ignore[no-untyped-def]
-    return or_(
-        and_(o.status == "pending", o.next_attempt_at <= now),
-        and_(o.status == "sending", o.claimed_until < now),  # type: ignore[operator]
+    return and_(
+        o.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
+        or_(*(and_(*due) for due in _due(o, now))),
+    )
+
+
+def _due(o: type[OutboxMessage], now: datetime) -> tuple[tuple[Any, ...], ...]:
+    """Waiting and due; or claimed by a process whose lease ran out. Each of the two is
+    found through the (status, next_attempt_at) index on its own."""
+    return (
+        (o.status == "pending", o.next_attempt_at <= now),
+        (o.status == "sending", o.claimed_until < now),  # type: ignore[operator]
     )
 
 
@@ -92,7 +102,7 @@ class OutboxSender:
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[int] = set()
         # Sent, waiting to be recorded (one transaction for all that are ready).
-        self._sent: list[tuple[OutboxMessage, str | None]] = []
+        self._sent: list[tuple[Message, str | None]] = []
         self._recorder: asyncio.Task[None] | None = None
 
     @property
@@ -125,9 +135,9 @@ class OutboxSender:
             if lane.idle:
                 del self._lanes[key]
 
-    def handoff(self, messages: list[OutboxMessage], reserved: Collection[Recipient]) -> None:
+    def handoff(self, messages: list[Outgoing], reserved: Collection[Recipient]) -> None:
         """Send these claimed messages now, each after those of its recipient before it."""
-        back: list[OutboxMessage] = []
+        back: list[Message] = []
         for m in messages:
             key = (m.channel, m.recipient)
             lane = self._lanes.setdefault(key, _Lane())
@@ -217,18 +227,23 @@ class OutboxSender:
             earlier.id < o.id,  # type: ignore[operator]
             earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
         )
+        wanted = o.channel.in_(channels or self.channels)  # type: ignore[attr-defined]
+        if self.db.is_sqlite:
+            # SQLite has one writer: look first, take the write lock only if there is work.
+            async with self.db.sessions() as s:
+                if not await self._any_due(s, now, wanted):
+                    return []
         async with self.db.transaction() as s:
-            heads = list(
-                await s.exec(
+            heads: list[OutboxMessage] = []
+            for due in _due(o, now):
+                heads += await s.exec(
                     select(o)
-                    .where(
-                        _claimable(o, now), ~unsent_before, o.channel.in_(channels or self.channels)
-                    )  # type: ignore[attr-defined]
+                    .where(*due, ~unsent_before, wanted)
                     .order_by(o.id)  # type: ignore[arg-type]
                     .limit(BATCH)
                     .with_for_update(skip_locked=True)
                 )
-            )
+            heads = sorted(heads, key=lambda m: m.id or 0)[:BATCH]
             if not heads:
                 return []
             # Each head's recipient is ours now: take the due messages queued behind it.
@@ -250,6 +265,14 @@ class OutboxSender:
             )  # also updates the loaded rows' attributes (synchronize_session)
         return claimed
 
+    @staticmethod
+    async def _any_due(s: Any, now: datetime, wanted: Any) -> bool:
+        o = OutboxMessage
+        for due in _due(o, now):
+            if await s.scalar(select(o.id).where(*due, wanted).limit(1)) is not None:
+                return True
+        return False
+
     async def deliver(self, messages: list[OutboxMessage]) -> None:
         """Send claimed messages, each recipient's in order, recipients side by side.
 
@@ -259,25 +282,14 @@ class OutboxSender:
         queues: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
         for m in sorted(messages, key=lambda m: m.id or 0):
             queues[(m.channel, m.recipient)].append(m)
-        sent: list[tuple[OutboxMessage, str | None]] = []
+        sent: list[tuple[Message, str | None]] = []
         await asyncio.gather(*(self._deliver_queue(q, sent) for q in queues.values()))
         if sent:
             await self._mark_sent(sent)
 
-    async def _mark_sent(self, sent: list[tuple[OutboxMessage, str | None]]) -> None:
-        table = OutboxMessage.__table__  # type: ignore[attr-defined]
-        async with self.db.transaction() as s:
-            await s.exec(
-                update(table)
-                .where(table.c.id == bindparam("b_id"), table.c.status == "sending")
-                .values(
-                    status="sent",
-                    sent_at=bindparam("b_at"),
-                    platform_message_id=bindparam("b_pid"),
-                    last_error=None,
-                ),
-                params=[{"b_id": m.id, "b_at": self.clock.now(), "b_pid": pid} for m, pid in sent],
-            )
+    async def _mark_sent(self, sent: list[tuple[Message, str | None]]) -> None:
+        now = self.clock.now()
+        await self.db.writer.record_sent([(m.id, now, pid) for m, pid in sent])  # type: ignore[misc]
         for m, _ in sent:
             self.metrics.sent.labels(m.channel).inc()
             hook = getattr(self.channels[m.channel], "on_sent", None)
@@ -285,7 +297,7 @@ class OutboxSender:
                 hook(m)
 
     async def _deliver_queue(
-        self, queue: list[OutboxMessage], sent: list[tuple[OutboxMessage, str | None]]
+        self, queue: list[OutboxMessage], sent: list[tuple[Message, str | None]]
     ) -> None:
         for i, message in enumerate(queue):
             channel = self.channels[message.channel]
@@ -300,7 +312,7 @@ class OutboxSender:
                 return
             sent.append((message, platform_id))
 
-    async def _park(self, message: OutboxMessage, error: str) -> None:
+    async def _park(self, message: Message, error: str) -> None:
         self.metrics.parked.labels(message.channel).inc()
         log.error(
             "outbox message %s to %s on %s parked as failed after %s attempt(s): %s",
@@ -319,10 +331,10 @@ class OutboxSender:
 
     async def _retry_later(
         self,
-        message: OutboxMessage,
+        message: Message,
         exc: Exception,
         retry_after: float | None,
-        behind: list[OutboxMessage],
+        behind: list[Message],
     ) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if message.attempts >= self.settings.max_attempts:
@@ -357,7 +369,7 @@ class OutboxSender:
                 # Later messages wait behind the failed one; their claim is given back.
                 await _given_back(s, behind)
 
-    async def _give_back(self, messages: list[OutboxMessage]) -> None:
+    async def _give_back(self, messages: list[Message]) -> None:
         async with self.db.transaction() as s:
             await _given_back(s, messages)
 
@@ -404,7 +416,7 @@ class OutboxSender:
             await asyncio.gather(self._recorder, return_exceptions=True)
 
 
-async def _given_back(s: Any, messages: list[OutboxMessage]) -> None:
+async def _given_back(s: Any, messages: list[Message]) -> None:
     """Claimed messages back to the outbox, unsent, as if never claimed."""
     await s.exec(
         update(OutboxMessage)

@@ -9,6 +9,7 @@ PostgreSQL (asyncpg) is used for several processes. Neither blocks the event loo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,10 +17,15 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import sqlite_driver
+from storage import messages, sqlite_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -41,16 +47,22 @@ def async_url(url: str, base_dir: Path | None = None) -> str:
     return u.render_as_string(hide_password=False)
 
 
+SQLITE_PRAGMAS = [
+    "PRAGMA journal_mode=WAL",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+]
+
+
 def _sqlite_setup(engine: AsyncEngine, immediate: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (see below).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
+        for pragma in SQLITE_PRAGMAS:
+            cur.execute(pragma)
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -91,9 +103,20 @@ class Database:
         else:
             self.read_engine = self.engine
         self._writes = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        # Storing incoming events and recording sent messages: a connection of their own.
+        self.writer = messages.Writer(self.url, self.is_sqlite, self._write_lock, SQLITE_PRAGMAS)
         self.sessions = async_sessionmaker(
             self.read_engine, class_=AsyncSession, expire_on_commit=False
         )
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a write transaction, committed on success: the message path's
+        batches (their own statements on the driver's connection: storage/messages.py,
+        and an ORM session on the same connection for table work)."""
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock, self.engine.connect() as conn, conn.begin():
+            yield conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -106,6 +129,7 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
+        await self.writer.close()
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()

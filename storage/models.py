@@ -382,7 +382,7 @@ class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
-        Index("ix_outbox_recipient", "channel", "recipient", "id"),
+        Index("ix_outbox_recipient", "channel", "recipient", "status", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=20)

@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from storage.messages import Outgoing
 from storage.models import OutboxMessage
+
+# A message to send: an outbox row, or one handed over by the batch that wrote it.
+Message = OutboxMessage | Outgoing
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Undeliverable(Exception):
 class Channel(Protocol):
     name: str
 
-    async def send(self, message: OutboxMessage) -> str | None:
+    async def send(self, message: Message) -> str | None:
         """Deliver one message; return the platform's message id if it gives one."""
         ...
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from bot.channels.base import Inbound
-from storage.models import OutboxMessage
+from bot.channels.base import Inbound, Message
 
 NAME = "console"
 
@@ -24,7 +23,7 @@ class Console:
         self.turn: int | None = None
         self._seq = 0
 
-    async def send(self, message: OutboxMessage) -> str | None:
+    async def send(self, message: Message) -> str | None:
         body = message.body
         print(f"\n🤖 {body['text']}", file=self.out)
         if body.get("buttons"):

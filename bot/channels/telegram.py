@@ -42,11 +42,10 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from bot.channels.base import Inbound, TemporaryFailure, Undeliverable
+from bot.channels.base import Inbound, Message, TemporaryFailure, Undeliverable
 from bot.channels.text import split_text
 from bot.config import TelegramSettings
 from bot.logs import mask
-from storage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +312,7 @@ class Telegram:
 
     # ---- egress
 
-    async def send(self, message: OutboxMessage) -> str | None:
+    async def send(self, message: Message) -> str | None:
         """Send one stored message (in several parts if long); the last part's id."""
         body = message.body
         chat = message.recipient

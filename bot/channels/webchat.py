@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp_jinja2 import render_template
 from sqlmodel import select
 
-from bot.channels.base import Inbound
+from bot.channels.base import Inbound, Message
 from bot.config import Settings
 from bot.ingress import Ingress
 from bot.web import json_error
@@ -47,11 +47,11 @@ class WebChat:
 
     # ---- egress
 
-    async def send(self, message: OutboxMessage) -> str | None:
+    async def send(self, message: Message) -> str | None:
         """Nothing to push: the browser fetches its sent messages itself."""
         return None
 
-    def on_sent(self, message: OutboxMessage) -> None:
+    def on_sent(self, message: Message) -> None:
         """The message is marked sent: wake the polls waiting for it."""
         for waiter in self._waiters.get(message.recipient, ()):
             waiter.set()

@@ -31,13 +31,13 @@ from aiohttp import web
 from aiolimiter import AsyncLimiter
 from sqlalchemy import or_, update
 
-from bot.channels.base import Inbound, TemporaryFailure, Undeliverable
+from bot.channels.base import Inbound, Message, TemporaryFailure, Undeliverable
 from bot.channels.text import split_text
 from bot.clock import Clock
 from bot.config import ZaloSettings
 from bot.logs import mask
 from storage.db import Database
-from storage.models import ChannelToken, OutboxMessage
+from storage.models import ChannelToken
 from storage.ops import insert_new
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ class ZaloOA:
 
     # ---- egress
 
-    async def send(self, message: OutboxMessage) -> str | None:
+    async def send(self, message: Message) -> str | None:
         body = message.body
         parts = split_text(body["text"], MAX_TEXT)
         buttons = body.get("buttons") or []

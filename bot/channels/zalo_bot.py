@@ -16,10 +16,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.channels.base import Inbound, TemporaryFailure, Undeliverable
+from bot.channels.base import Inbound, Message, TemporaryFailure, Undeliverable
 from bot.channels.text import split_text
 from bot.config import ZaloBotSettings
-from storage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ class ZaloBot:
 
     # ---- egress
 
-    async def send(self, message: OutboxMessage) -> str | None:
+    async def send(self, message: Message) -> str | None:
         body = message.body
         text = with_choices(body["text"], body.get("buttons") or [])
         result: Any = None

@@ -1,0 +1,582 @@
+"""The message path's own statements: few, written out for each database, run in groups.
+
+Every event that arrives and every message that leaves goes through these, thousands a
+second. Through SQLAlchemy each statement would cost far more than the database's own
+work (and on SQLite, a trip to SQLite's thread each), so they run on the driver's
+connection: on SQLite a whole group of statements is one trip to SQLite's thread; on
+PostgreSQL they are asyncpg's prepared statements. Values are converted by the columns'
+own SQLAlchemy types, so what is written here reads back the same through the ORM.
+
+- `Writer` — short transactions of their own: storing incoming events (the inbox), and
+  recording messages as sent. A dedicated connection (SQLite) or pool (PostgreSQL).
+- `Batch` — inside a conversation batch's transaction (bot/conversation.py), on its
+  connection, beside the ORM session its table actions use: load the conversations and
+  their pending events, write the states, the inbox marks and the outgoing messages.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+import asyncpg
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.models import Conversation, InboxEvent, OutboxMessage
+
+Key = tuple[str, str]  # (channel, user key)
+
+CONVERSATION_COLUMNS = (
+    "id", "channel", "user_key", "citizen_id", "lang", "flow_version_id", "step", "vars",
+    "started_at", "updated_at",
+)  # fmt: skip
+EVENT_COLUMNS = ("id", "channel", "user_key", "kind", "text", "payload", "turn", "lang", "attempts")
+INBOX_INSERT = (
+    "channel", "platform_id", "user_key", "kind", "text", "payload", "turn", "lang",
+    "received_at", "status", "attempts",
+)  # fmt: skip
+OUTBOX_INSERT = (
+    "channel", "recipient", "conversation_id", "body", "status", "attempts", "next_attempt_at",
+    "claimed_until", "created_at",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------- rows
+
+
+@dataclass(slots=True)
+class ConversationRow:
+    """A conversation's row as the message path reads and writes it."""
+
+    id: int
+    channel: str
+    user_key: str
+    citizen_id: int
+    lang: str
+    flow_version_id: int | None
+    step: str | None
+    vars: dict[str, Any]
+    started_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class EventRow:
+    """A pending inbox event."""
+
+    id: int
+    channel: str
+    user_key: str
+    kind: str
+    text: str | None
+    payload: str | None
+    turn: int | None
+    lang: str | None
+    attempts: int
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """An outbox message as the sender sends it (what `OutboxMessage` rows also offer)."""
+
+    id: int
+    channel: str
+    recipient: str
+    conversation_id: int | None
+    body: dict[str, Any]
+    attempts: int
+
+
+@dataclass
+class Loaded:
+    """What a batch starts from."""
+
+    conversations: dict[Key, ConversationRow] = field(default_factory=dict)
+    events: dict[Key, list[EventRow]] = field(default_factory=lambda: defaultdict(list))
+    # Flow id → its current version.
+    pointers: dict[str, int] = field(default_factory=dict)
+    # Each recipient's messages not sent yet (ids).
+    unsent: dict[Key, list[int]] = field(default_factory=lambda: defaultdict(list))
+    # Conversations another process holds now (PostgreSQL).
+    elsewhere: set[Key] = field(default_factory=set)
+
+
+@dataclass
+class Changes:
+    """What a batch writes at the end."""
+
+    conversations: list[ConversationRow] = field(default_factory=list)
+    done: list[int] = field(default_factory=list)
+    # Failed attempts: {"id", "attempts", "error", "status", "processed_at"}.
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    # Outbox rows (OUTBOX_INSERT columns), in order.
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+class _Types:
+    """The columns' SQLAlchemy conversions for one dialect, looked up once."""
+
+    def __init__(self, dialect: Any) -> None:
+        self.dialect = dialect
+
+    def bind(self, table: Table, column: str) -> Callable[[Any], Any]:
+        proc = table.c[column].type._cached_bind_processor(self.dialect)
+        return proc or _same
+
+    def result(self, table: Table, column: str) -> Callable[[Any], Any]:
+        proc = table.c[column].type._cached_result_processor(self.dialect, None)
+        return proc or _same
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _groups(keys: Iterable[Key]) -> dict[str, list[str]]:
+    by_channel: dict[str, list[str]] = defaultdict(list)
+    for channel, user_key in keys:
+        by_channel[channel].append(user_key)
+    return by_channel
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+CONVERSATION: Table = Conversation.__table__  # type: ignore[attr-defined]
+INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
+OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+
+
+class _Converters:
+    def __init__(self, dialect: Any) -> None:
+        t = _Types(dialect)
+        self.conv_out = [t.result(CONVERSATION, c) for c in CONVERSATION_COLUMNS]
+        self.conv_vars = t.bind(CONVERSATION, "vars")
+        self.conv_time = t.bind(CONVERSATION, "updated_at")
+        self.event_out = [t.result(INBOX, c) for c in EVENT_COLUMNS]
+        self.inbox_in = [t.bind(INBOX, c) for c in INBOX_INSERT]
+        self.inbox_time = t.bind(INBOX, "processed_at")
+        self.outbox_in = [t.bind(OUTBOX, c) for c in OUTBOX_INSERT]
+        self.outbox_time = t.bind(OUTBOX, "sent_at")
+
+    def conversation(self, row: Sequence[Any]) -> ConversationRow:
+        return ConversationRow(*(f(v) for f, v in zip(self.conv_out, row, strict=True)))
+
+    def event(self, row: Sequence[Any]) -> EventRow:
+        return EventRow(*(f(v) for f, v in zip(self.event_out, row, strict=True)))
+
+    def state(self, c: ConversationRow) -> tuple[Any, ...]:
+        return (
+            c.lang,
+            c.flow_version_id,
+            c.step,
+            self.conv_vars(c.vars),
+            self.conv_time(c.updated_at),
+            c.id,
+        )
+
+    def inbox_row(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(f(row[c]) for f, c in zip(self.inbox_in, INBOX_INSERT, strict=True))
+
+    def outbox_row(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(f(row[c]) for f, c in zip(self.outbox_in, OUTBOX_INSERT, strict=True))
+
+
+SQLITE = _Converters(sqlite_dialect.dialect())
+PG = _Converters(postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
+
+_CONV_SELECT = f"SELECT {', '.join(CONVERSATION_COLUMNS)} FROM conversation"
+_EVENT_SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM inbox"
+_SET_STATE = (
+    "UPDATE conversation SET lang = {0}, flow_version_id = {1}, step = {2}, vars = {3}, "
+    "updated_at = {4} WHERE id = {5}"
+)
+_SET_FAILURE = (
+    "UPDATE inbox SET attempts = {0}, error = {1}, status = {2}, processed_at = {3} WHERE id = {4}"
+)
+_SET_SENT = (
+    "UPDATE outbox SET status = 'sent', sent_at = {0}, platform_message_id = {1}, "
+    "last_error = NULL WHERE id = {2} AND status = 'sending'"
+)
+
+
+# ---------------------------------------------------------------- SQLite, in SQLite's thread
+
+
+def _sqlite_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _sqlite_load(
+    conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any]
+) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """The rows a batch starts from; conversations that do not exist yet are created."""
+    convs: list[Any] = []
+    events: list[Any] = []
+    unsent: list[Any] = []
+    for channel, users in _groups(keys).items():
+        where = f"channel = ? AND user_key IN ({_marks(len(users))})"
+        found = _sqlite_rows(conn, f"{_CONV_SELECT} WHERE {where}", (channel, *users))
+        missing = set(users) - {row[2] for row in found}
+        for user_key in missing:
+            citizen = conn.execute("INSERT INTO citizen (created_at) VALUES (?)", (new["at"],))
+            conn.execute(
+                "INSERT INTO conversation (channel, user_key, citizen_id, lang, vars, "
+                "started_at, updated_at) VALUES (?, ?, ?, ?, '{}', ?, ?)",
+                (channel, user_key, citizen.lastrowid, new["lang"], new["at"], new["at"]),
+            )
+        if missing:
+            found += _sqlite_rows(
+                conn,
+                f"{_CONV_SELECT} WHERE channel = ? AND user_key IN ({_marks(len(missing))})",
+                (channel, *missing),
+            )
+        convs += found
+        events += _sqlite_rows(
+            conn,
+            f"{_EVENT_SELECT} WHERE {where} AND status = 'pending' ORDER BY id",
+            (channel, *users),
+        )
+        unsent += [
+            (channel, *row)
+            for row in _sqlite_rows(
+                conn,
+                "SELECT recipient, id FROM outbox WHERE channel = ? AND recipient IN "
+                f"({_marks(len(users))}) AND status IN ('pending', 'sending')",
+                (channel, *users),
+            )
+        ]
+    pointers = _sqlite_rows(conn, "SELECT id, current_version_id FROM flow")
+    return convs, events, pointers, unsent
+
+
+def _sqlite_write(
+    conn: sqlite3.Connection,
+    states: list[tuple[Any, ...]],
+    done: list[int],
+    done_at: Any,
+    failures: list[tuple[Any, ...]],
+    messages: list[tuple[Any, ...]],
+) -> list[int]:
+    if states:
+        conn.executemany(_SET_STATE.format(*"??????"), states)
+    if done:
+        conn.execute(
+            f"UPDATE inbox SET status = 'done', processed_at = ? WHERE id IN ({_marks(len(done))})",
+            (done_at, *done),
+        )
+    if failures:
+        conn.executemany(_SET_FAILURE.format(*"?????"), failures)
+    insert = (
+        f"INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) VALUES ({_marks(len(OUTBOX_INSERT))})"
+    )
+    return [conn.execute(insert, row).lastrowid for row in messages]  # type: ignore[misc]
+
+
+def _sqlite_store(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Any]:
+    one = f"({_marks(len(INBOX_INSERT))})"
+    return _sqlite_rows(
+        conn,
+        f"INSERT INTO inbox ({', '.join(INBOX_INSERT)}) VALUES {', '.join([one] * len(rows))} "
+        "ON CONFLICT (channel, platform_id) DO NOTHING RETURNING channel, platform_id",
+        [v for row in rows for v in row],
+    )
+
+
+def _sqlite_sent(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    conn.executemany(_SET_SENT.format("?", "?", "?"), rows)
+
+
+def _sqlite_transaction(conn: sqlite3.Connection, work: Callable[..., Any], *args: Any) -> Any:
+    """`work` in one write transaction, in SQLite's thread."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn, *args)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+# ---------------------------------------------------------------- the writer
+
+
+class Writer:
+    """Short transactions of the message path on a connection of their own."""
+
+    def __init__(self, url: str, is_sqlite: bool, write_lock: Any, pragmas: list[str]) -> None:
+        self.url = url
+        self.is_sqlite = is_sqlite
+        self._lock = write_lock
+        self._pragmas = pragmas
+        self._sqlite: aiosqlite.Connection | None = None
+        self._pg: asyncpg.Pool | None = None
+
+    async def _sqlite_conn(self) -> aiosqlite.Connection:
+        if self._sqlite is None:
+            conn = await aiosqlite.connect(make_url(self.url).database or "", isolation_level=None)
+            for pragma in self._pragmas:
+                await conn.execute(pragma)
+            self._sqlite = conn
+        return self._sqlite
+
+    async def _pg_pool(self) -> asyncpg.Pool:
+        if self._pg is None:
+            self._pg = await asyncpg.create_pool(
+                self.url.replace("postgresql+asyncpg://", "postgresql://", 1),
+                min_size=1,
+                max_size=4,
+                init=_pg_codecs,
+            )
+        return self._pg
+
+    async def store_inbox(self, rows: list[dict[str, Any]]) -> set[Key]:
+        """Insert incoming events, skipping those already stored; the (channel, platform
+        id) of the new ones."""
+        if not rows:
+            return set()
+        if self.is_sqlite:
+            conn = await self._sqlite_conn()
+            values = [SQLITE.inbox_row(r) for r in rows]
+            async with self._lock:
+                found = await conn._execute(_sqlite_transaction, conn._conn, _sqlite_store, values)
+            return {(c, p) for c, p in found}
+        pool = await self._pg_pool()
+        cols = INBOX_INSERT
+        async with pool.acquire() as conn:
+            found = await conn.fetch(
+                f"INSERT INTO inbox ({', '.join(cols)}) SELECT * FROM unnest("
+                "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+                "$7::int[], $8::text[], $9::timestamptz[], $10::text[], $11::int[]) "
+                "ON CONFLICT (channel, platform_id) DO NOTHING RETURNING channel, platform_id",
+                *([PG.inbox_row(r)[i] for r in rows] for i in range(len(cols))),
+            )
+        return {(r["channel"], r["platform_id"]) for r in found}
+
+    async def record_sent(self, sent: list[tuple[int, datetime, str | None]]) -> None:
+        """Mark sent messages (id, when, the platform's id) that are still claimed."""
+        if not sent:
+            return
+        if self.is_sqlite:
+            conn = await self._sqlite_conn()
+            rows = [(SQLITE.outbox_time(at), pid, i) for i, at, pid in sent]
+            async with self._lock:
+                await conn._execute(_sqlite_transaction, conn._conn, _sqlite_sent, rows)
+            return
+        pool = await self._pg_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                _SET_SENT.format("$1", "$2", "$3"), [(at, pid, i) for i, at, pid in sent]
+            )
+
+    async def close(self) -> None:
+        if self._sqlite is not None:
+            await self._sqlite.close()
+            self._sqlite = None
+        if self._pg is not None:
+            await self._pg.close()
+            self._pg = None
+
+
+async def _pg_codecs(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "json",
+        encoder=str.encode,
+        decoder=lambda b: json.loads(b.decode()),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+# ---------------------------------------------------------------- inside a batch
+
+
+class Batch:
+    """The message path's statements in a batch's transaction (`conn`, begun)."""
+
+    def __init__(self, conn: AsyncConnection, is_sqlite: bool) -> None:
+        self.conn = conn
+        self.is_sqlite = is_sqlite
+        self._driver: Any = None
+
+    async def _raw(self) -> Any:
+        if self._driver is None:
+            pooled = await self.conn.get_raw_connection()
+            adapted: Any = pooled.dbapi_connection
+            if not self.is_sqlite and not adapted._started:
+                # SQLAlchemy opens asyncpg's transaction with its first statement: now.
+                await adapted._start_transaction()
+            self._driver = pooled.driver_connection
+        return self._driver
+
+    async def load(self, keys: list[Key], lang: str, now: datetime) -> Loaded:
+        """The conversations (locked; created for a first message), their pending events,
+        the flows' current versions, and the recipients' unsent messages."""
+        out = Loaded()
+        if self.is_sqlite:
+            aio = await self._raw()
+            new = {"lang": lang, "at": SQLITE.conv_time(now)}
+            convs, events, pointers, unsent = await aio._execute(_sqlite_load, aio._conn, keys, new)
+            conv_rows = [SQLITE.conversation(r) for r in convs]
+            event_rows = [SQLITE.event(r) for r in events]
+        else:
+            conv_rows, event_rows, pointers, unsent = await self._pg_load(keys, lang, now, out)
+        for c in conv_rows:
+            out.conversations[(c.channel, c.user_key)] = c
+        for e in event_rows:
+            out.events[(e.channel, e.user_key)].append(e)
+        out.pointers = {flow: version for flow, version in pointers}
+        for channel, recipient, message_id in unsent:
+            out.unsent[(channel, recipient)].append(message_id)
+        return out
+
+    async def _pg_load(
+        self, keys: list[Key], lang: str, now: datetime, out: Loaded
+    ) -> tuple[list[ConversationRow], list[EventRow], list[Any], list[Any]]:
+        conn: asyncpg.Connection = await self._raw()
+        convs: list[ConversationRow] = []
+        events: list[EventRow] = []
+        unsent: list[Any] = []
+        for channel, users in _groups(keys).items():
+            found = [
+                PG.conversation(r)
+                for r in await conn.fetch(
+                    f"{_CONV_SELECT} WHERE channel = $1 AND user_key = ANY($2::text[]) "
+                    "FOR UPDATE SKIP LOCKED",
+                    channel,
+                    users,
+                )
+            ]
+            missing = list(set(users) - {c.user_key for c in found})
+            if missing:
+                # Held by another process, or not there yet (then made here).
+                for r in await conn.fetch(
+                    "SELECT user_key FROM conversation WHERE channel = $1 "
+                    "AND user_key = ANY($2::text[])",
+                    channel,
+                    missing,
+                ):
+                    out.elsewhere.add((channel, r["user_key"]))
+                    missing.remove(r["user_key"])
+            if missing:
+                citizens = await conn.fetch(
+                    "INSERT INTO citizen (created_at) SELECT $1::timestamptz FROM "
+                    "generate_series(1, $2) RETURNING id",
+                    now,
+                    len(missing),
+                )
+                made = await conn.fetch(
+                    "INSERT INTO conversation (channel, user_key, citizen_id, lang, vars, "
+                    "started_at, updated_at) SELECT $1, u, c, $4, '{}'::json, $5, $5 FROM "
+                    "unnest($2::text[], $3::int[]) AS t(u, c) "
+                    "ON CONFLICT (channel, user_key) DO NOTHING RETURNING "
+                    + ", ".join(CONVERSATION_COLUMNS),
+                    channel,
+                    missing,
+                    [r["id"] for r in citizens],
+                    lang,
+                    now,
+                )
+                found += [PG.conversation(r) for r in made]
+                for user_key in set(missing) - {r["user_key"] for r in made}:
+                    out.elsewhere.add((channel, user_key))  # made by another process just now
+                used = {r["citizen_id"] for r in made}
+                if unused := [r["id"] for r in citizens if r["id"] not in used]:
+                    await conn.execute("DELETE FROM citizen WHERE id = ANY($1::int[])", unused)
+            convs += found
+            mine = [c.user_key for c in found]
+            events += [
+                PG.event(r)
+                for r in await conn.fetch(
+                    f"{_EVENT_SELECT} WHERE channel = $1 AND user_key = ANY($2::text[]) "
+                    "AND status = 'pending' ORDER BY id",
+                    channel,
+                    mine,
+                )
+            ]
+            unsent += [
+                (channel, r["recipient"], r["id"])
+                for r in await conn.fetch(
+                    "SELECT recipient, id FROM outbox WHERE channel = $1 AND recipient = "
+                    "ANY($2::text[]) AND status IN ('pending', 'sending')",
+                    channel,
+                    mine,
+                )
+            ]
+        pointers = [tuple(r) for r in await conn.fetch("SELECT id, current_version_id FROM flow")]
+        return convs, events, pointers, unsent
+
+    async def write(self, changes: Changes, now: datetime) -> list[int]:
+        """States, inbox marks and outgoing messages; the messages' ids, in order."""
+        if self.is_sqlite:
+            aio = await self._raw()
+            c = SQLITE
+            return await aio._execute(
+                _sqlite_write,
+                aio._conn,
+                [c.state(conv) for conv in changes.conversations],
+                changes.done,
+                c.inbox_time(now),
+                [
+                    (
+                        f["attempts"],
+                        f["error"],
+                        f["status"],
+                        c.inbox_time(f["processed_at"]),
+                        f["id"],
+                    )
+                    for f in changes.failures
+                ],
+                [c.outbox_row(m) for m in changes.messages],
+            )
+        conn: asyncpg.Connection = await self._raw()
+        if changes.conversations:
+            await conn.executemany(
+                _SET_STATE.format("$1", "$2", "$3", "$4::json", "$5", "$6"),
+                [PG.state(conv) for conv in changes.conversations],
+            )
+        if changes.done:
+            await conn.execute(
+                "UPDATE inbox SET status = 'done', processed_at = $1 WHERE id = ANY($2::int[])",
+                now,
+                changes.done,
+            )
+        if changes.failures:
+            await conn.executemany(
+                _SET_FAILURE.format("$1", "$2", "$3", "$4", "$5"),
+                [
+                    (f["attempts"], f["error"], f["status"], f["processed_at"], f["id"])
+                    for f in changes.failures
+                ],
+            )
+        if not changes.messages:
+            return []
+        rows = [PG.outbox_row(m) for m in changes.messages]
+        ids = await conn.fetch(
+            f"INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) SELECT c, r, v, b::json, s, a, n, "
+            "l, t FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], "
+            "$6::int[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[]) WITH ORDINALITY "
+            "AS m(c, r, v, b, s, a, n, l, t, i) ORDER BY i RETURNING id",
+            *([row[i] for row in rows] for i in range(len(OUTBOX_INSERT))),
+        )
+        # Ids come from the sequence in the order of insertion, which ORDER BY i sets.
+        return sorted(r["id"] for r in ids)
