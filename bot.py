@@ -47,7 +47,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(settings.log.level, settings.log.format)
     _upgrade(settings)
-    return asyncio.run(_serve(settings, demo=settings.demo.autoload and not args.no_demo))
+    with asyncio.Runner(loop_factory=_event_loop()) as runner:
+        return runner.run(_serve(settings, demo=settings.demo.autoload and not args.no_demo))
+
+
+def _event_loop() -> Any:
+    """uvloop's event loop where it is installed (not on Windows): the same asyncio, with
+    sockets and callbacks handled in C."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(settings: Settings, demo: bool) -> int:

@@ -2,7 +2,7 @@
 
 Each table action runs inside the transaction of the event that triggered it, so the
 rating or report it writes commits together with the conversation state and the outgoing
-messages. External actions (Rasa) run before that transaction opens and touch no table.
+messages. External actions (Rasa) run outside any transaction and touch no table.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlalchemy import insert
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.clock import VIETNAM, local_date
@@ -106,6 +106,11 @@ def is_pure(name: str) -> bool:
     return spec is not None and spec.pure
 
 
+def reads_only(name: str) -> bool:
+    spec = ACTIONS.get(name)
+    return spec is not None and spec.reads_only
+
+
 def _checked(name: str, done: ActionDone) -> ActionDone:
     if done.outcome not in ACTIONS[name].outcomes:
         raise FlowError(f"action {name!r} returned undeclared outcome {done.outcome!r}")
@@ -150,21 +155,21 @@ async def find_dossier(ctx: ActionContext, args: Mapping[str, str]) -> ActionDon
     code = find_dossier_code(args.get("code", "")) or args.get("code", "")
     row = (
         await ctx.session.exec(
-            select(Dossier, Procedure, Agency)
-            .join(Procedure, Procedure.id == Dossier.procedure_id)
-            .join(Agency, Agency.id == Dossier.agency_id)
+            select(Dossier, Procedure, Agency, col(Rating.created_at))
+            .join(Procedure, col(Procedure.id) == col(Dossier.procedure_id))
+            .join(Agency, col(Agency.id) == col(Dossier.agency_id))
+            .join(Rating, col(Rating.dossier_id) == col(Dossier.id), isouter=True)
             .where(Dossier.code == code)
         )
     ).first()
     if row is None:
         return ActionDone("not_found", {"dossier_code": code, "dossier": None})
-    dossier, procedure, agency = row
+    dossier, procedure, agency, rated_at = row
     found = {"dossier_code": code, "dossier": _dossier_vars(dossier, procedure, agency)}
     if dossier.status != "completed":
         return ActionDone("not_completed", found)
-    rating = await ctx.session.scalar(select(Rating).where(Rating.dossier_id == dossier.id))
-    if rating is not None:
-        return ActionDone("already_rated", {**found, "rated_on": local_date(rating.created_at)})
+    if rated_at is not None:
+        return ActionDone("already_rated", {**found, "rated_on": local_date(rated_at)})
     fresh = {"answers": {}, "comment": None, "rating_id": None, "report_code": None}
     return ActionDone(
         "ready", {**found, **fresh, "criteria_count": len(ctx.settings.rating.criteria)}
@@ -197,36 +202,36 @@ async def save_rating(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone
             raise FlowError(f"answer {answers[c.key]!r} to {c.key!r} is not on the scale")
         levels.append((c.key, level))
     comment = ctx.vars.get("comment") or None
-    rating = Rating(
-        dossier_id=dossier["id"],
-        citizen_id=ctx.citizen_id,
-        channel=ctx.channel,
-        comment=comment,
-        created_at=ctx.now,
-    )
-    try:
-        async with ctx.session.begin_nested():
-            ctx.session.add(rating)
-            await ctx.session.flush()
-    except IntegrityError:
+    values = {
+        "dossier_id": dossier["id"],
+        "citizen_id": ctx.citizen_id,
+        "channel": ctx.channel,
+        "comment": comment,
+        "created_at": ctx.now,
+    }
+    rating_id = await insert_ignore(ctx.session, Rating, values, ["dossier_id"])
+    if rating_id is None:
         # Someone rated this dossier a moment ago, between lookup and save.
         existing = await ctx.session.scalar(
-            select(Rating).where(Rating.dossier_id == dossier["id"])
+            select(Rating.created_at).where(Rating.dossier_id == dossier["id"])
         )
-        rated_on = local_date(existing.created_at) if existing else local_date(ctx.now)
-        return ActionDone("already_rated", {"rated_on": rated_on})
-    for key, level in levels:
-        ctx.session.add(
-            RatingAnswer(
-                rating_id=rating.id,  # type: ignore[arg-type]
-                criterion=key,
-                value=level.value,
-                label=level.vi,
-                counts_as=level.counts_as,
-            )
-        )
+        return ActionDone("already_rated", {"rated_on": local_date(existing or ctx.now)})
+    answers_table = RatingAnswer.__table__  # type: ignore[attr-defined]
+    await ctx.session.exec(
+        insert(answers_table),
+        params=[
+            {
+                "rating_id": rating_id,
+                "criterion": key,
+                "value": level.value,
+                "label": level.vi,
+                "counts_as": level.counts_as,
+            }
+            for key, level in levels
+        ],
+    )
     unsatisfied = any(level.counts_as == "unsatisfied" for _, level in levels)
-    return ActionDone("unsatisfied" if unsatisfied else "saved", {"rating_id": rating.id})
+    return ActionDone("unsatisfied" if unsatisfied else "saved", {"rating_id": rating_id})
 
 
 async def new_report_code(session: AsyncSession, now: datetime) -> str:

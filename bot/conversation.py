@@ -38,6 +38,7 @@ from bot.actions import (
     ExternalContext,
     is_external,
     is_pure,
+    reads_only,
     run_action,
     run_external,
 )
@@ -200,6 +201,10 @@ class _Event:
             self.savepoint = await s.begin_nested()
         return s
 
+    async def reads(self) -> AsyncSession:
+        """The session, for reading only (nothing to roll back, so no savepoint)."""
+        return await self.tables_.session()
+
     async def commit(self) -> None:
         if self.savepoint is not None:
             await self.savepoint.commit()
@@ -335,7 +340,6 @@ class ConversationService:
         out.conversations[conv.id] = conv
         out.done.append(ev.id)
         out.messages.extend((conv, body) for body in step.messages)
-        out.waiting |= step.savepoint is not None  # its table work may have queued messages
         return True
 
     async def _apply(
@@ -368,7 +372,7 @@ class ConversationService:
                 done = await run_external(self._external_context(lib), call.action, call.args)
             else:
                 ctx = ActionContext(
-                    await step.tables(),
+                    await (step.reads() if reads_only(call.action) else step.tables()),
                     self.settings,
                     conv.citizen_id,
                     conv.channel,
@@ -448,7 +452,9 @@ class ConversationService:
         now = out.now
         if tables.used:
             await tables.flush()  # the table actions' own writes first
-        ready = self._ready({(c.channel, c.user_key) for c, _ in out.messages}, loaded, tables)
+        queued = tables.queued_for()  # the table actions' own messages
+        out.waiting |= bool(queued)
+        ready = self._ready({(c.channel, c.user_key) for c, _ in out.messages}, loaded, queued)
         for key in ready:
             self.sender.reserve(key)  # type: ignore[union-attr]  # ready: there is a sender
             out.reserved.append(key)
@@ -478,17 +484,17 @@ class ConversationService:
             if m["status"] == "sending"
         ]
 
-    def _ready(self, recipients: set[Key], loaded: messages.Loaded, tables: _Tables) -> set[Key]:
+    def _ready(self, recipients: set[Key], loaded: messages.Loaded, queued: set[Key]) -> set[Key]:
         """The recipients whose new messages can be handed to the sender now: nothing of
         theirs waits in the outbox but what this process's sender is sending already (and
         no table action of this batch queued a message for them)."""
         if self.sender is None or not self.sender.running:
             return set()
-        busy = tables.queued_for()
         return {
             key
             for key in recipients
-            if key not in busy and all(self.sender.in_flight(i) for i in loaded.unsent.get(key, ()))
+            if key not in queued
+            and all(self.sender.in_flight(i) for i in loaded.unsent.get(key, ()))
         }
 
     async def _record_failure(self, key: Key, exc: Exception) -> None:

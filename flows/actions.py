@@ -5,11 +5,11 @@ transaction as the conversation state and the outgoing messages. Declaring the o
 here lets the validator check that a flow handles every one of them.
 
 An `external` action asks a service outside the database (Rasa) and touches no table: it
-runs before the transaction opens, so a slow Rasa never holds a transaction (see
-bot/conversation.py), and it must have an outcome for "could not ask" (`unavailable`).
-External actions are looked ahead for typed text only: a flow calls them after an input
-or free text, never right after a button. A `pure` action reads only its arguments (no
-table, no network): it runs wherever it is needed, so the look-ahead can pass through it.
+never runs inside a transaction, so a slow Rasa never holds one. An event that reaches it
+is set aside, the call is made, and the event is processed again with the outcome (see
+bot/conversation.py); it must have an outcome for "could not ask" (`unavailable`). A
+`pure` action reads only its arguments (no table, no network): it runs wherever it is
+needed. A `reads_only` action reads tables and writes none: it needs no savepoint.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class ActionSpec:
     outcomes: tuple[str, ...]
     external: bool = False
     pure: bool = False
+    reads_only: bool = False
 
 
 ACTIONS: dict[str, ActionSpec] = {
@@ -31,6 +32,7 @@ ACTIONS: dict[str, ActionSpec] = {
         "Look up a dossier by code and say whether it can be rated.",
         args=("code",),
         outcomes=("ready", "not_found", "not_completed", "already_rated"),
+        reads_only=True,
     ),
     "watch_dossier": ActionSpec(
         "Remember that this citizen waits for the dossier's result (to invite them to rate).",
@@ -87,11 +89,13 @@ ACTIONS: dict[str, ActionSpec] = {
         "Attach the dossier a complaint is about (any state), by its code.",
         args=("code",),
         outcomes=("found", "none", "not_found"),
+        reads_only=True,
     ),
     "find_commune": ActionSpec(
         "Find the commune or ward a complaint concerns, by the name the citizen typed.",
         args=("name",),
         outcomes=("found", "not_found"),
+        reads_only=True,
     ),
     "create_report": ActionSpec(
         "Store the complaint with its field, category and reading, route it to the "
@@ -103,11 +107,13 @@ ACTIONS: dict[str, ActionSpec] = {
         "List this citizen's own reports, newest first.",
         args=(),
         outcomes=("some", "none"),
+        reads_only=True,
     ),
     "find_report": ActionSpec(
         "Look up one of this citizen's own reports by its receipt code.",
         args=("code",),
         outcomes=("found", "not_found"),
+        reads_only=True,
     ),
 }
 

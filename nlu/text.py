@@ -6,6 +6,7 @@ as "h15.50.05.13 - 261008 - 0975". Everything here is pure and fast.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from datetime import date
@@ -21,9 +22,20 @@ def nfc(text: str) -> str:
 
 def fold(text: str) -> str:
     """Lower-case, strip diacritics (đ → d), drop punctuation, collapse spaces."""
+    # Short texts come back again and again (button titles, commands, aliases): remembered.
+    return _fold_short(text) if len(text) <= FOLD_CACHED_UP_TO else _fold(text)
+
+
+FOLD_CACHED_UP_TO = 100  # characters
+
+
+def _fold(text: str) -> str:
     decomposed = unicodedata.normalize("NFD", text.lower().replace("đ", "d"))
     bare = "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
     return _SPACES.sub(" ", _NOT_WORD.sub(" ", bare)).strip()
+
+
+_fold_short = functools.lru_cache(maxsize=4096)(_fold)
 
 
 def has_letters_or_digits(text: str) -> bool:
