@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -136,13 +136,34 @@ def offline(name: str) -> ActionDone:
     return ActionDone("unavailable")
 
 
-def _dossier_vars(d: Dossier, procedure: Procedure, agency: Agency) -> dict[str, Any]:
+# Built once: a statement built for every lookup costs more than running it.
+_DOSSIER_TO_RATE = (
+    select(  # type: ignore[call-overload]
+        col(Dossier.id),
+        col(Dossier.code),
+        col(Dossier.status),
+        col(Dossier.received_at),
+        col(Dossier.due_at),
+        col(Dossier.completed_at),
+        col(Procedure.name).label("procedure"),
+        col(Procedure.field),
+        col(Agency.name).label("agency"),
+        col(Rating.created_at).label("rated_at"),
+    )
+    .join(Procedure, col(Procedure.id) == col(Dossier.procedure_id))
+    .join(Agency, col(Agency.id) == col(Dossier.agency_id))
+    .join(Rating, col(Rating.dossier_id) == col(Dossier.id), isouter=True)
+    .where(col(Dossier.code) == bindparam("code"))
+)
+
+
+def _dossier_vars(d: Any) -> dict[str, Any]:
     return {
         "id": d.id,
         "code": d.code,
-        "procedure": procedure.name,
-        "field": procedure.field,
-        "agency": agency.name,
+        "procedure": d.procedure,
+        "field": d.field,
+        "agency": d.agency,
         "received": local_date(d.received_at),
         "due": local_date(d.due_at) if d.due_at else "",
         "completed": local_date(d.completed_at) if d.completed_at else "",
@@ -153,23 +174,15 @@ def _dossier_vars(d: Dossier, procedure: Procedure, agency: Agency) -> dict[str,
 async def find_dossier(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone:
     """Is there a completed, not yet rated dossier with this code?"""
     code = find_dossier_code(args.get("code", "")) or args.get("code", "")
-    row = (
-        await ctx.session.exec(
-            select(Dossier, Procedure, Agency, col(Rating.created_at))
-            .join(Procedure, col(Procedure.id) == col(Dossier.procedure_id))
-            .join(Agency, col(Agency.id) == col(Dossier.agency_id))
-            .join(Rating, col(Rating.dossier_id) == col(Dossier.id), isouter=True)
-            .where(Dossier.code == code)
-        )
-    ).first()
+    result = await (await ctx.session.connection()).execute(_DOSSIER_TO_RATE, {"code": code})
+    row = result.first()
     if row is None:
         return ActionDone("not_found", {"dossier_code": code, "dossier": None})
-    dossier, procedure, agency, rated_at = row
-    found = {"dossier_code": code, "dossier": _dossier_vars(dossier, procedure, agency)}
-    if dossier.status != "completed":
+    found = {"dossier_code": code, "dossier": _dossier_vars(row)}
+    if row.status != "completed":
         return ActionDone("not_completed", found)
-    if rated_at is not None:
-        return ActionDone("already_rated", {**found, "rated_on": local_date(rated_at)})
+    if row.rated_at is not None:
+        return ActionDone("already_rated", {**found, "rated_on": local_date(row.rated_at)})
     fresh = {"answers": {}, "comment": None, "rating_id": None, "report_code": None}
     return ActionDone(
         "ready", {**found, **fresh, "criteria_count": len(ctx.settings.rating.criteria)}
@@ -217,9 +230,9 @@ async def save_rating(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone
         )
         return ActionDone("already_rated", {"rated_on": local_date(existing or ctx.now)})
     answers_table = RatingAnswer.__table__  # type: ignore[attr-defined]
-    await ctx.session.exec(
+    await (await ctx.session.connection()).execute(
         insert(answers_table),
-        params=[
+        [
             {
                 "rating_id": rating_id,
                 "criterion": key,

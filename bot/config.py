@@ -36,6 +36,7 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     public_url: str = ""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @field_validator("public_url")
     @classmethod

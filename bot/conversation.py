@@ -303,6 +303,9 @@ class ConversationService:
                             break
                         batch.events += 1
                 return await self._write(rows, tables, loaded, out)
+            except BaseException:
+                await rows.rollback()
+                raise
             finally:
                 await tables.close()
 
@@ -506,14 +509,18 @@ class ConversationService:
         try:
             async with self.db.batch() as conn:
                 rows = messages.Batch(conn, self.db.is_sqlite)
-                tables = _Tables(conn)
-                loaded = await rows.load([key], self.settings.chat.default_language, out.now)
-                conv = loaded.conversations.get(key)
-                queue = loaded.events.get(key, [])
-                if conv is None or not queue:
-                    return
-                self._failed(conv, queue[0], exc, out)
-                handed = await self._write(rows, tables, loaded, out)
+                try:
+                    loaded = await rows.load([key], self.settings.chat.default_language, out.now)
+                    conv = loaded.conversations.get(key)
+                    queue = loaded.events.get(key, [])
+                    if conv is None or not queue:
+                        await rows.rollback()
+                        return
+                    self._failed(conv, queue[0], exc, out)
+                    handed = await self._write(rows, _Tables(conn), loaded, out)
+                except BaseException:
+                    await rows.rollback()
+                    raise
         except Exception:
             if self.sender is not None:
                 self.sender.release(out.reserved)

@@ -425,9 +425,7 @@ class _Run:
         upper = nfc(text).strip().upper()
         for flow in flows:
             for cmd in flow.commands:
-                if folded in (fold(m) for m in cmd.match) or (
-                    cmd.pattern and re.fullmatch(cmd.pattern, upper)
-                ):
+                if folded in cmd.folded or (cmd.regex and cmd.regex.fullmatch(upper)):
                     self.vars["input"] = text.strip()
                     return cmd.goto
         return None

@@ -15,9 +15,13 @@ runs straight on.
 
 from __future__ import annotations
 
+import re
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from nlu.text import fold
 
 LANGUAGES = ("vi", "en")
 
@@ -82,6 +86,15 @@ class Command(_Strict):
     match: list[str] = []
     pattern: str | None = None
     goto: str
+
+    @cached_property
+    def folded(self) -> frozenset[str]:
+        """`match`, without diacritics (what a typed message is compared with)."""
+        return frozenset(fold(m) for m in self.match)
+
+    @cached_property
+    def regex(self) -> re.Pattern[str] | None:
+        return re.compile(self.pattern) if self.pattern else None
 
 
 class FlowDef(_Strict):

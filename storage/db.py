@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import messages, sqlite_driver
+from storage import jsonio, messages, sqlite_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -55,7 +55,10 @@ SQLITE_PRAGMAS = [
 ]
 
 
-def _sqlite_setup(engine: AsyncEngine, immediate: bool) -> None:
+def _sqlite_setup(engine: AsyncEngine, immediate: bool | None) -> None:
+    """Pragmas on every connection; `immediate`: transactions that SQLAlchemy begins take
+    the write lock at BEGIN (True), or not (False); None: SQLAlchemy begins none."""
+
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (see below).
@@ -64,6 +67,9 @@ def _sqlite_setup(engine: AsyncEngine, immediate: bool) -> None:
         for pragma in SQLITE_PRAGMAS:
             cur.execute(pragma)
         cur.close()
+
+    if immediate is None:
+        return
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -86,7 +92,11 @@ class Database:
     ) -> None:
         self.url = async_url(url, base_dir)
         self.is_sqlite = self.url.startswith("sqlite")
-        kw: dict[str, Any] = dict(engine_kw)
+        kw: dict[str, Any] = {
+            "json_serializer": jsonio.dumps,
+            "json_deserializer": jsonio.loads,
+            **engine_kw,
+        }
         if not self.is_sqlite:
             kw.setdefault("pool_size", pool_size)
             kw.setdefault("max_overflow", pool_size)
@@ -95,10 +105,18 @@ class Database:
             kw.setdefault("module", sqlite_driver.dbapi())
         self.engine = create_async_engine(self.url, **kw)
         self._write_lock: asyncio.Lock | None = None
+        # The message path's batches (storage/messages.py) begin and commit their own
+        # transactions, in the same trips to the database as their first and last
+        # statements: to SQLAlchemy their connections are in autocommit mode.
+        batch_kw = {**kw, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
+        if not self.is_sqlite:
+            batch_kw["pool_pre_ping"] = False  # a dead connection fails the batch, retried
+        self.batch_engine = create_async_engine(self.url, **batch_kw)
         if self.is_sqlite:
             _sqlite_setup(self.engine, immediate=True)
             self.read_engine = create_async_engine(self.url, **kw)
             _sqlite_setup(self.read_engine, immediate=False)
+            _sqlite_setup(self.batch_engine, immediate=None)
             self._write_lock = asyncio.Lock()
         else:
             self.read_engine = self.engine
@@ -111,11 +129,11 @@ class Database:
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a write transaction, committed on success: the message path's
-        batches (their own statements on the driver's connection: storage/messages.py,
-        and an ORM session on the same connection for table work)."""
+        """A connection for one of the message path's batches, which begins and commits
+        its own transaction (storage/messages.py), with an ORM session on the same
+        connection for table work. SQLite: the batch is this process's writer meanwhile."""
         lock = self._write_lock or contextlib.nullcontext()
-        async with lock, self.engine.connect() as conn, conn.begin():
+        async with lock, self.batch_engine.connect() as conn:
             yield conn
 
     @asynccontextmanager
@@ -130,6 +148,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.writer.close()
+        await self.batch_engine.dispose()
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()

@@ -16,7 +16,6 @@ own SQLAlchemy types, so what is written here reads back the same through the OR
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +31,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage import jsonio
 from storage.models import Conversation, InboxEvent, OutboxMessage
 
 Key = tuple[str, str]  # (channel, user key)
@@ -196,8 +196,9 @@ class _Converters:
         return tuple(f(row[c]) for f, c in zip(self.outbox_in, OUTBOX_INSERT, strict=True))
 
 
-SQLITE = _Converters(sqlite_dialect.dialect())
-PG = _Converters(postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
+_JSON = {"json_serializer": jsonio.dumps, "json_deserializer": jsonio.loads}
+SQLITE = _Converters(sqlite_dialect.dialect(**_JSON))
+PG = _Converters(postgresql.asyncpg.dialect(**_JSON))  # type: ignore[attr-defined]
 
 _CONV_SELECT = f"SELECT {', '.join(CONVERSATION_COLUMNS)} FROM conversation"
 _EVENT_SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM inbox"
@@ -228,7 +229,11 @@ def _sqlite_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ())
 def _sqlite_load(
     conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any]
 ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-    """The rows a batch starts from; conversations that do not exist yet are created."""
+    """Begin the batch's transaction; the rows it starts from (conversations that do not
+    exist yet are created)."""
+    if conn.in_transaction:  # left over by a batch that could not roll back
+        conn.execute("ROLLBACK")
+    conn.execute("BEGIN IMMEDIATE")
     convs: list[Any] = []
     events: list[Any] = []
     unsent: list[Any] = []
@@ -288,7 +293,9 @@ def _sqlite_write(
     insert = (
         f"INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) VALUES ({_marks(len(OUTBOX_INSERT))})"
     )
-    return [conn.execute(insert, row).lastrowid for row in messages]  # type: ignore[misc]
+    ids = [conn.execute(insert, row).lastrowid for row in messages]
+    conn.execute("COMMIT")
+    return ids  # type: ignore[return-value]
 
 
 def _sqlite_store(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Any]:
@@ -303,6 +310,11 @@ def _sqlite_store(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list
 
 def _sqlite_sent(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     conn.executemany(_SET_SENT.format("?", "?", "?"), rows)
+
+
+def _sqlite_rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _sqlite_transaction(conn: sqlite3.Connection, work: Callable[..., Any], *args: Any) -> Any:
@@ -399,11 +411,7 @@ class Writer:
 
 async def _pg_codecs(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
-        "json",
-        encoder=str.encode,
-        decoder=lambda b: json.loads(b.decode()),
-        schema="pg_catalog",
-        format="binary",
+        "json", encoder=str.encode, decoder=jsonio.loads, schema="pg_catalog", format="binary"
     )
 
 
@@ -411,27 +419,37 @@ async def _pg_codecs(conn: asyncpg.Connection) -> None:
 
 
 class Batch:
-    """The message path's statements in a batch's transaction (`conn`, begun)."""
+    """The message path's statements in one batch's transaction, on `conn` (a connection
+    of `Database.batch()`): `load` begins it, `write` commits it, `rollback` undoes it.
+    The ORM session of the batch's table work runs on the same connection, inside it."""
 
     def __init__(self, conn: AsyncConnection, is_sqlite: bool) -> None:
         self.conn = conn
         self.is_sqlite = is_sqlite
         self._driver: Any = None
+        self._open = False
 
     async def _raw(self) -> Any:
         if self._driver is None:
-            pooled = await self.conn.get_raw_connection()
-            adapted: Any = pooled.dbapi_connection
-            if not self.is_sqlite and not adapted._started:
-                # SQLAlchemy opens asyncpg's transaction with its first statement: now.
-                await adapted._start_transaction()
-            self._driver = pooled.driver_connection
+            self._driver = (await self.conn.get_raw_connection()).driver_connection
         return self._driver
+
+    async def rollback(self) -> None:
+        """Undo the transaction, if one is open (after a failure)."""
+        if not self._open:
+            return
+        self._open = False
+        driver = await self._raw()
+        if self.is_sqlite:
+            await driver._execute(_sqlite_rollback, driver._conn)
+        elif driver.is_in_transaction():
+            await driver.execute("ROLLBACK")
 
     async def load(self, keys: list[Key], lang: str, now: datetime) -> Loaded:
         """The conversations (locked; created for a first message), their pending events,
         the flows' current versions, and the recipients' unsent messages."""
         out = Loaded()
+        self._open = True
         if self.is_sqlite:
             aio = await self._raw()
             new = {"lang": lang, "at": SQLITE.conv_time(now)}
@@ -453,6 +471,9 @@ class Batch:
         self, keys: list[Key], lang: str, now: datetime, out: Loaded
     ) -> tuple[list[ConversationRow], list[EventRow], list[Any], list[Any]]:
         conn: asyncpg.Connection = await self._raw()
+        if conn.is_in_transaction():  # left over by a batch that could not roll back
+            await conn.execute("ROLLBACK")
+        await conn.execute("BEGIN")
         convs: list[ConversationRow] = []
         events: list[EventRow] = []
         unsent: list[Any] = []
@@ -526,11 +547,12 @@ class Batch:
         return convs, events, pointers, unsent
 
     async def write(self, changes: Changes, now: datetime) -> list[int]:
-        """States, inbox marks and outgoing messages; the messages' ids, in order."""
+        """States, inbox marks and outgoing messages, and commit; the messages' ids, in
+        order."""
         if self.is_sqlite:
             aio = await self._raw()
             c = SQLITE
-            return await aio._execute(
+            ids = await aio._execute(
                 _sqlite_write,
                 aio._conn,
                 [c.state(conv) for conv in changes.conversations],
@@ -548,6 +570,8 @@ class Batch:
                 ],
                 [c.outbox_row(m) for m in changes.messages],
             )
+            self._open = False
+            return ids  # type: ignore[no-any-return]
         conn: asyncpg.Connection = await self._raw()
         if changes.conversations:
             await conn.executemany(
@@ -568,9 +592,17 @@ class Batch:
                     for f in changes.failures
                 ],
             )
-        if not changes.messages:
-            return []
-        rows = [PG.outbox_row(m) for m in changes.messages]
+        ids: list[int] = []
+        if changes.messages:
+            ids = await self._pg_messages(conn, changes.messages)
+        await conn.execute("COMMIT")
+        self._open = False
+        return ids
+
+    async def _pg_messages(
+        self, conn: asyncpg.Connection, messages: list[dict[str, Any]]
+    ) -> list[int]:
+        rows = [PG.outbox_row(m) for m in messages]
         ids = await conn.fetch(
             f"INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) SELECT c, r, v, b::json, s, a, n, "
             "l, t FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], "

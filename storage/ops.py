@@ -26,9 +26,22 @@ async def insert_ignore(
 
     Returns the new row's id, or None when the row already existed (a duplicate).
     """
-    stmt = _insert(session, table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    result = await session.exec(stmt.returning(table.id))  # type: ignore[attr-defined]
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    key = (dialect, table, tuple(sorted(values)), tuple(conflict))
+    stmt = _INSERT_IGNORE.get(key)
+    if stmt is None:  # built once per shape: building costs more than running it
+        stmt = _INSERT_IGNORE[key] = (
+            _insert(session, table)
+            .values({k: bindparam(k) for k in key[2]})
+            .on_conflict_do_nothing(index_elements=conflict)
+            .returning(table.id)  # type: ignore[attr-defined]
+        )
+    # On the session's connection: a Core statement needs none of the ORM's handling.
+    result = await (await session.connection()).execute(stmt, values)
     return result.scalar_one_or_none()
+
+
+_INSERT_IGNORE: dict[tuple[Any, ...], Any] = {}
 
 
 async def insert_new(

@@ -46,6 +46,8 @@ from bot.channels.base import Inbound, Message, TemporaryFailure, Undeliverable
 from bot.channels.text import split_text
 from bot.config import TelegramSettings
 from bot.logs import mask
+from bot.web import json_ok
+from storage import jsonio
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +181,14 @@ class Telegram:
             self._rejected("secret")
             return web.json_response({"error": "forbidden"}, status=403)
         try:
-            data = await request.json()
+            data = jsonio.loads(await request.read())
             update = Update.de_json(data, self.bot)
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("telegram webhook: unreadable update dropped: %s", exc)
             self._rejected("body")
             return web.json_response({"error": "not an update"}, status=400)
         await self.accept(update)
-        return web.json_response({"ok": True})
+        return json_ok()
 
     async def accept(self, update: Update) -> bool:
         """Store an update in the inbox (once) and settle its callback query."""

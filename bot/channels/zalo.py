@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +35,8 @@ from bot.channels.text import split_text
 from bot.clock import Clock
 from bot.config import ZaloSettings
 from bot.logs import mask
+from bot.web import json_ok
+from storage import jsonio
 from storage.db import Database
 from storage.models import ChannelToken
 from storage.ops import insert_new
@@ -251,7 +252,9 @@ class ZaloOA:
         self._variants_seen: set[str] = set()
 
     async def start(self) -> None:
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout), json_serialize=jsonio.dumps
+        )
         self.tokens.http = self.http
 
     async def stop(self) -> None:
@@ -271,13 +274,13 @@ class ZaloOA:
         """One event from Zalo: verified over the raw bytes, stored once, 200 at once."""
         raw = await request.read()
         try:
-            event = json.loads(raw)
+            event = jsonio.loads(raw)
         except ValueError:
             log.warning("zalo webhook: body is not JSON; dropped")
             self._rejected("body")
             return web.json_response({"error": "not JSON"}, status=400)
         if event == {}:
-            return web.json_response({"ok": True})  # the probe Zalo sends when the URL is saved
+            return json_ok()  # the probe Zalo sends when the URL is saved
         if not isinstance(event, dict):
             return web.json_response({"error": "not an event"}, status=400)
         variant = self.verify(
@@ -301,7 +304,7 @@ class ZaloOA:
                     inbound.platform_id,
                     request.headers.get("num_retry", "-"),
                 )
-        return web.json_response({"ok": True})
+        return json_ok()
 
     def verify(self, header: str, raw: bytes, timestamp: str) -> str | None:
         """The signature variant that matches, or None."""
@@ -372,7 +375,7 @@ class ZaloOA:
                     ) as r:
                         if r.status >= 500:
                             raise TemporaryFailure(f"zalo: HTTP {r.status}")
-                        data = await r.json(content_type=None)
+                        data = await r.json(loads=jsonio.loads, content_type=None)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     raise TemporaryFailure(f"zalo: {type(exc).__name__}: {exc}") from exc
             code = int(data.get("error", 0)) if isinstance(data, dict) else -1
