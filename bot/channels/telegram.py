@@ -39,10 +39,10 @@ from telegram.error import (
     TelegramError,
     TimedOut,
 )
-from telegram.request import HTTPXRequest
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from bot.channels.base import Inbound, Message, TemporaryFailure, Undeliverable
+from bot.channels.telegram_http import AiohttpRequest
 from bot.channels.text import split_text
 from bot.config import TelegramSettings
 from bot.logs import mask
@@ -113,8 +113,8 @@ class Telegram:
             settings.token,
             base_url=f"{base}/bot",
             base_file_url=f"{base}/file/bot",
-            request=HTTPXRequest(connection_pool_size=64, read_timeout=10, write_timeout=10),
-            get_updates_request=HTTPXRequest(read_timeout=POLL_TIMEOUT + 10),
+            request=AiohttpRequest(connections=64, read_timeout=10, write_timeout=10),
+            get_updates_request=AiohttpRequest(connections=1, read_timeout=POLL_TIMEOUT + 10),
         )
         self.username = settings.username
         # No bursts: evenly spaced sends never exceed the rate in any one-second window.
