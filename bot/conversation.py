@@ -118,6 +118,9 @@ class External:
 class Batch:
     """What one batch did, for the dispatcher."""
 
+    # Table work in a savepoint per event (a batch of one conversation). Without, one
+    # failing event undoes the batch, which is then run one conversation at a time.
+    savepoints: bool = False
     events: int = 0
     # Conversations whose next event waits for external calls.
     external: dict[Key, External] = field(default_factory=dict)
@@ -127,6 +130,11 @@ class Batch:
     again: set[Key] = field(default_factory=set)
     # Conversations with an event that failed (retried by the sweeper, later).
     failed: set[Key] = field(default_factory=set)
+
+
+class _Redo(Exception):
+    """An event failed, or stepped out to Rasa, after table work that no savepoint can
+    undo alone: the batch is undone and its conversations are run one by one."""
 
 
 class _NeedsExternal(Exception):
@@ -189,15 +197,20 @@ class _Tables:
 class _Event:
     """One event of a conversation being processed: its savepoint, its messages."""
 
-    def __init__(self, tables: _Tables) -> None:
+    def __init__(self, tables: _Tables, savepoints: bool) -> None:
         self.tables_ = tables
+        self.savepoints = savepoints
         self.savepoint: AsyncSessionTransaction | None = None
+        self.wrote = False  # table work outside a savepoint: a failure undoes the batch
         self.messages: list[dict[str, Any]] = []
 
     async def tables(self) -> AsyncSession:
-        """The session, inside this event's savepoint (opened on first use)."""
+        """The session for table work: inside this event's savepoint (opened on first
+        use) when the batch has them; else the work stands or falls with the batch."""
         s = await self.tables_.session()
-        if self.savepoint is None:
+        if not self.savepoints:
+            self.wrote = True
+        elif self.savepoint is None:
             self.savepoint = await s.begin_nested()
         return s
 
@@ -246,7 +259,7 @@ class ConversationService:
         fails as a whole (the database, a bug outside any one conversation) writes nothing
         and is tried again one conversation at a time; one that fails alone has its
         first event's failure recorded."""
-        batch = Batch()
+        batch = Batch(savepoints=len(keys) == 1)
         known = known or {}
         out = _Round(self.clock.now())
         try:
@@ -256,9 +269,12 @@ class ConversationService:
             if self.sender is not None:
                 self.sender.release(out.reserved)
             if len(keys) > 1:
-                log.warning(
-                    "a batch of %s conversations failed, one at a time now: %r", len(keys), exc
-                )
+                if not isinstance(exc, _Redo):
+                    log.warning(
+                        "a batch of %s conversations failed, one at a time now: %r",
+                        len(keys),
+                        exc,
+                    )
                 for key in keys:
                     one = await self.process([key], known)
                     batch.events += one.events
@@ -323,22 +339,25 @@ class ConversationService:
     ) -> bool:
         """Process one event; False when the conversation stops here for this batch."""
         key = (conv.channel, conv.user_key)
-        step = _Event(tables)
+        step = _Event(tables, savepoints=batch.savepoints)
         before = (conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at)
         outcomes = known[1] if known is not None and known[0] == ev.id else {}
         try:
             await self._apply(step, conv, ev, out.now, libs[conv.flow_version_id], outcomes)
             await step.commit()
-        except _NeedsExternal as need:
+        except Exception as exc:
+            if step.wrote:
+                raise _Redo from exc
+            if not isinstance(exc, _NeedsExternal):
+                await step.rollback()
+                conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at = before
+                self._failed(conv, ev, exc, out)
+                batch.failed.add(key)
+                return False
+            need = exc
             await step.rollback()
             conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at = before
             batch.external[key] = External(ev.id, [need.call], need.context)
-            return False
-        except Exception as exc:
-            await step.rollback()
-            conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at = before
-            self._failed(conv, ev, exc, out)
-            batch.failed.add(key)
             return False
         out.conversations[conv.id] = conv
         out.done.append(ev.id)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -26,22 +27,26 @@ async def insert_ignore(
 
     Returns the new row's id, or None when the row already existed (a duplicate).
     """
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    key = (dialect, table, tuple(sorted(values)), tuple(conflict))
-    stmt = _INSERT_IGNORE.get(key)
-    if stmt is None:  # built once per shape: building costs more than running it
-        stmt = _INSERT_IGNORE[key] = (
-            _insert(session, table)
-            .values({k: bindparam(k) for k in key[2]})
-            .on_conflict_do_nothing(index_elements=conflict)
-            .returning(table.id)  # type: ignore[attr-defined]
-        )
+    stmt = _insert_ignore(table, tuple(sorted(values)), tuple(conflict))
     # On the session's connection: a Core statement needs none of the ORM's handling.
     result = await (await session.connection()).execute(stmt, values)
     return result.scalar_one_or_none()
 
 
-_INSERT_IGNORE: dict[tuple[Any, ...], Any] = {}
+@functools.cache
+def _insert_ignore(
+    table: type[SQLModel], columns: tuple[str, ...], conflict: tuple[str, ...]
+) -> Any:
+    """The statement, written once per shape. SQLAlchemy's dialect inserts with ON CONFLICT
+    are compiled anew at every execution (they have no cache key); a text statement with
+    typed parameters is compiled once, and both databases read it the same way."""
+    t = table.__table__  # type: ignore[attr-defined]
+    sql = (
+        f"INSERT INTO {t.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(':' + c for c in columns)}) "
+        f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING RETURNING id"
+    )
+    return text(sql).bindparams(*(bindparam(c, type_=t.c[c].type) for c in columns))
 
 
 async def insert_new(
