@@ -13,9 +13,9 @@ from bot import actions
 from bot.app import SERVICE, Service
 from bot.channels.base import TemporaryFailure, Undeliverable
 from bot.clock import ManualClock
-from storage.models import InboxEvent, OutboxMessage, Rating
+from storage.models import Dossier, InboxEvent, OutboxMessage, Rating
 from tests.chat import ChatClient, question, texts
-from tests.factories import COMPLETED, small_province
+from tests.factories import COMPLETED, COMPLETED_2, small_province
 
 
 @pytest.fixture
@@ -288,3 +288,78 @@ async def test_many_citizens_at_once_each_conversation_in_order(
         await c.http.close()
     async with service.db.sessions() as s:
         assert not (await s.exec(select(Rating))).all()
+
+
+async def test_a_conversation_failing_after_table_work_does_not_hold_back_its_batch(
+    http: TestClient,
+    service: Service,
+    province: dict[str, int],
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two citizens finish their ratings in one batch; saving one rating fails after its
+    row was written. That rating is not kept half-done, the other one is saved and thanked,
+    and the failed event is retried later, then succeeds."""
+    citizens = []
+    for code in (COMPLETED, COMPLETED_2):
+        c = ChatClient(TestClient(http.server))
+        await c.http.start_server()
+        await c.open()
+        await c.start(code)
+        for _ in range(5):
+            last = await c.tap("Hài lòng")
+        assert "góp ý" in question(last[-1])
+        citizens.append(c)
+    real = actions.HANDLERS["save_rating"]
+    failing = True
+
+    async def fails_after_writing(ctx, args):  # type: ignore[no-untyped-def]
+        done = await real(ctx, args)
+        if failing and ctx.vars["dossier"]["code"] == COMPLETED:
+            raise ConnectionResetError("lost the database right after the insert")
+        return done
+
+    monkeypatch.setitem(actions.HANDLERS, "save_rating", fails_after_writing)
+    # Both answers arrive before the dispatcher looks: they go in one batch.
+    monkeypatch.setattr(service.dispatcher, "notify", lambda *key: None)
+    for c in citizens:
+        await c.post({"payload": "skip", "title": "Bỏ qua", "turn": c.current_turn()})
+    async with service.db.sessions() as s:
+        pending = list(await s.exec(select(InboxEvent).where(InboxEvent.status == "pending")))
+    keys = [(e.channel, e.user_key) for e in pending]  # the two citizens
+    assert len(keys) == 2
+    batch = await service.conversations.process(keys)
+    assert batch.events == 1 and len(batch.failed) == 1
+
+    async with service.db.sessions() as s:
+        rated = set(
+            await s.exec(select(Dossier.code).join(Rating, Rating.dossier_id == Dossier.id))  # type: ignore[arg-type]
+        )
+        events = {  # each citizen's latest event
+            e.user_key: e
+            for e in await s.exec(select(InboxEvent).order_by(InboxEvent.id))  # type: ignore[arg-type]
+        }
+    assert rated == {COMPLETED_2}  # the failed one left nothing behind
+    failed_key = next(iter(batch.failed))[1]
+    assert (events[failed_key].status, events[failed_key].attempts) == ("pending", 1)
+    assert "lost the database" in (events[failed_key].error or "")
+    async with service.db.sessions() as s:
+        thanks = (
+            await s.exec(
+                select(OutboxMessage).where(
+                    OutboxMessage.recipient == next(k for k in keys if k not in batch.failed)[1]
+                )
+            )
+        ).all()
+    assert any("Cảm ơn anh/chị đã dành thời gian đánh giá" in m.body["text"] for m in thanks)
+
+    failing = False
+    monkeypatch.undo()  # the sweeper's retry goes through the dispatcher as usual
+    clock.advance(seconds=10)
+    assert await service.dispatcher.sweep() == 1
+    for c in citizens:
+        assert "Cảm ơn anh/chị đã dành thời gian đánh giá" in texts(await c.replies())
+    async with service.db.sessions() as s:
+        assert len((await s.exec(select(Rating))).all()) == 2
+    for c in citizens:
+        await c.http.close()
