@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -85,6 +86,10 @@ async def _serve(settings: Settings, demo: bool) -> int:
             file=sys.stderr,
         )
         return 1
+    # What start-up made (modules, flows, the app) lives as long as the process: set it
+    # aside from the garbage collector, whose full passes then walk only what came after.
+    gc.collect()
+    gc.freeze()
     print(
         f"hailong is running — web chat: {settings.public_url}/chat  (Ctrl+C to stop)", flush=True
     )
