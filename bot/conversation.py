@@ -6,16 +6,20 @@ each event through the flow engine and the actions it asks for, and writes the n
 states, the domain rows and the outgoing messages together: a handful of statements for
 the whole batch, however many conversations are in it.
 
-One conversation's failure is its own: the table work of an event (an official's button,
-an action) runs in a savepoint, rolled back if the event fails; the event is retried
-later, then kept as failed with an apology to the citizen. The rest of the batch commits.
+One conversation's failure is its own. An event that fails before any table work (an
+official's button, a table action) is counted and the rest of the batch commits. One
+that fails after table work undoes the batch, which is then run one conversation at a
+time; there each event's table work runs in a savepoint, rolled back when the event
+fails. A failed event is retried later, then kept as failed with an apology to the
+citizen. (Savepoints for every event of every batch would cost more than such a rare
+second pass.)
 
 External actions (asking Rasa) never run inside the transaction. An event that reaches
-one whose outcome is not known yet is left as it was (its savepoint rolled back, nothing
-written); the batch reports the call, the dispatcher carries it out outside any
-transaction, and the event is processed again with the outcome known (same action, same
-arguments; a call that was not foreseen — the conversation moved in between — gets the
-action's "unavailable" outcome).
+one whose outcome is not known yet is left as it was (nothing of it written: after table
+work, by the same undo and second pass); the batch reports the call, the dispatcher
+carries it out outside any transaction, and the event is processed again with the
+outcome known (same action, same arguments; a call that was not foreseen — the
+conversation moved in between — gets the action's "unavailable" outcome).
 
 Messages whose recipient has nothing else waiting are handed to the outbox sender
 already claimed, so they go out at once; the others wait their turn in the outbox.
@@ -115,7 +119,7 @@ class External:
 
 
 @dataclass
-class Batch:
+class Processed:
     """What one batch did, for the dispatcher."""
 
     # Table work in a savepoint per event (a batch of one conversation). Without, one
@@ -254,12 +258,14 @@ class ConversationService:
 
     # ---------------------------------------------------------------- a batch
 
-    async def process(self, keys: Sequence[Key], known: Mapping[Key, Known] | None = None) -> Batch:
+    async def process(
+        self, keys: Sequence[Key], known: Mapping[Key, Known] | None = None
+    ) -> Processed:
         """Handle the pending events of these conversations. Raises nothing: a batch that
         fails as a whole (the database, a bug outside any one conversation) writes nothing
         and is tried again one conversation at a time; one that fails alone has its
         first event's failure recorded."""
-        batch = Batch(savepoints=len(keys) == 1)
+        batch = Processed(savepoints=len(keys) == 1)
         known = known or {}
         out = _Round(self.clock.now())
         try:
@@ -293,7 +299,7 @@ class ConversationService:
         return batch
 
     async def _batch(
-        self, keys: Sequence[Key], known: Mapping[Key, Known], batch: Batch, out: _Round
+        self, keys: Sequence[Key], known: Mapping[Key, Known], batch: Processed, out: _Round
     ) -> list[Outgoing]:
         async with self.db.batch() as conn:
             rows = messages.Batch(conn, self.db.is_sqlite)
@@ -335,7 +341,7 @@ class ConversationService:
         libs: Mapping[int | None, engine.Library],
         known: Known | None,
         out: _Round,
-        batch: Batch,
+        batch: Processed,
     ) -> bool:
         """Process one event; False when the conversation stops here for this batch."""
         key = (conv.channel, conv.user_key)

@@ -9,9 +9,10 @@ own SQLAlchemy types, so what is written here reads back the same through the OR
 
 - `Writer` — short transactions of their own: storing incoming events (the inbox), and
   recording messages as sent. A dedicated connection (SQLite) or pool (PostgreSQL).
-- `Batch` — inside a conversation batch's transaction (bot/conversation.py), on its
-  connection, beside the ORM session its table actions use: load the conversations and
-  their pending events, write the states, the inbox marks and the outgoing messages.
+- `Batch` — a conversation batch's transaction (bot/conversation.py): `load` begins it
+  and reads the conversations and their pending events, `write` writes the states, the
+  inbox marks and the outgoing messages and commits, in the same trips. The ORM session
+  of the batch's table actions runs on the same connection, inside that transaction.
 """
 
 from __future__ import annotations
