@@ -30,6 +30,10 @@ from nlu.text import nfc
 
 log = logging.getLogger(__name__)
 
+# A request that had to queue for more than this share of the timeout and then ran out of
+# time is counted as Rasa being busy, not as a failure (the breaker is for a failing Rasa).
+BUSY_SHARE = 0.1
+
 
 class NluClient:
     def __init__(
@@ -63,10 +67,14 @@ class NluClient:
         self._failures = 0
         self._trial = False
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, trial: bool) -> None:
         self._failures += 1
         self._trial = False
-        if self._failures >= self.settings.breaker_failures:
+        # Opens when the failures reach the limit, or again when its trial request fails;
+        # requests that were in flight when it opened do not keep pushing it further.
+        if self._failures == self.settings.breaker_failures or (
+            trial and self._failures > self.settings.breaker_failures
+        ):
             self._open_until = self._monotonic() + self.settings.breaker_reset_seconds
             log.warning(
                 "Rasa failed %s times in a row (%s): not asking it for %.0f s; citizens pick "
@@ -99,21 +107,41 @@ class NluClient:
         if self.circuit_open:
             self.metrics.nlu.labels("open").inc()
             return None
-        if self._failures >= self.settings.breaker_failures:
+        trial = self._failures >= self.settings.breaker_failures
+        if trial:
             self._trial = True  # half-open: this request decides
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.timeout_seconds
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(self.settings.timeout_seconds):
-                async with self._slots:
-                    reading = await self._parse(text)
+            # The citizen waits at most timeout_seconds, a free slot included; a wait
+            # that runs out before Rasa was asked says Rasa is busy, not that it failed.
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
         except TimeoutError:
+            self.metrics.nlu.labels("busy").inc()
+            self._trial = False
+            return None
+        waited = loop.time() - (deadline - timeout)
+        try:
+            async with asyncio.timeout_at(deadline):
+                reading = await self._parse(text)
+        except TimeoutError:
+            if waited > BUSY_SHARE * timeout:
+                # Cut short by the time it queued: Rasa was busy, not failing.
+                self.metrics.nlu.labels("busy").inc()
+                self._trial = False
+                return None
             self.metrics.nlu.labels("timeout").inc()
-            self._failed(f"no answer within {self.settings.timeout_seconds} s")
+            self._failed(f"no answer within {timeout} s", trial)
             return None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             self.metrics.nlu.labels("error").inc()
-            self._failed(f"{type(exc).__name__}: {exc}")
+            self._failed(f"{type(exc).__name__}: {exc}", trial)
             return None
+        finally:
+            self._slots.release()
         self.metrics.nlu.labels("ok").inc()
         self.metrics.nlu_seconds.observe(time.perf_counter() - started)
         self._succeeded()

@@ -91,6 +91,29 @@ async def test_unseen_complaints_come_back_with_the_right_field(rasa_server) -> 
         await client.close()
 
 
+async def test_a_burst_beyond_rasas_pace_is_turned_away_without_opening_the_breaker(
+    rasa_server,
+) -> None:  # type: ignore[no-untyped-def]
+    """More complaints at once than Rasa can read in time: those that never got a turn are
+    answered "busy" (the citizen picks the field), and Rasa, which answered every request it
+    was given, is still asked afterwards."""
+    settings = make_settings("sqlite://", **rasa_server.settings_env).nlu
+    settings = settings.model_copy(update={"timeout_seconds": 0.3})
+    client = NluClient(settings, token=rasa_server.token)
+    try:
+        await client.read(UNSEEN["land"][0])  # warm
+        readings = await asyncio.gather(*(client.read(UNSEEN["land"][1]) for _ in range(300)))
+        read = sum(r is not None for r in readings)
+        busy = client.metrics.nlu.labels("busy")._value.get()
+        assert busy > 0 and busy == 300 - read  # every one read, or told busy
+        assert client.metrics.nlu.labels("timeout")._value.get() == 0
+        assert not client.circuit_open
+        after = await client.read(UNSEEN["construction"][0])
+        assert after is not None and after.field == "construction"
+    finally:
+        await client.close()
+
+
 async def test_a_complaint_typed_at_the_menu_is_read_confirmed_and_routed(
     service: Service, province: dict[str, int], chat: ChatClient
 ) -> None:
