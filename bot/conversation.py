@@ -28,6 +28,7 @@ already claimed, so they go out at once; the others wait their turn in the outbo
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,7 +47,7 @@ from bot.actions import (
     run_action,
     run_external,
 )
-from bot.channels.base import message_body
+from bot.channels.base import Inbound, message_body
 from bot.clock import Clock
 from bot.config import Settings
 from bot.flowstore import FlowCache
@@ -65,10 +66,12 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (channel, user key)
 CallKey = tuple[str, tuple[tuple[str, str], ...]]
-# What external calls answered, for one inbox event: (event id, outcome by call).
-Known = tuple[int, dict[CallKey, engine.ActionDone]]
+# What external calls answered for a conversation, by call (action and arguments: the same
+# call gets the same answer, whichever event it is for).
+Known = dict[CallKey, engine.ActionDone]
 
 MAX_ATTEMPTS = 3
+RECENT_STATES = 10_000  # conversations whose last state is kept in memory
 EVENTS_PER_CONVERSATION = 20  # in one batch; the rest in the next one
 APOLOGY = {
     "vi": "Xin lỗi anh/chị, hệ thống gặp sự cố khi xử lý tin nhắn vừa rồi. Tin nhắn đã được "
@@ -111,9 +114,8 @@ def to_engine_event(ev: EventRow) -> engine.Event:
 
 @dataclass
 class External:
-    """An event waiting for external calls (Rasa) before it can be processed."""
+    """External calls (Rasa) an event waits for before it can be processed."""
 
-    event_id: int
     calls: list[engine.Call]
     context: ExternalContext
 
@@ -255,6 +257,41 @@ class ConversationService:
         self.flows = flows
         self.on_outbox = on_outbox
         self.sender = sender
+        # The states this process last wrote, and the flows then: to foresee Rasa calls.
+        self._recent: OrderedDict[Key, ConversationRow] = OrderedDict()
+        self._libs: Mapping[int | None, engine.Library] = {}
+
+    # ---------------------------------------------------------------- foreseeing Rasa
+
+    def _remember(self, conv: ConversationRow) -> None:
+        key = (conv.channel, conv.user_key)
+        self._recent[key] = conv
+        self._recent.move_to_end(key)
+        if len(self._recent) > RECENT_STATES:
+            self._recent.popitem(last=False)
+
+    async def foresee(self, event: Inbound) -> External | None:
+        """The Rasa call a just-stored text will need, foreseen from the state this process
+        last wrote for its conversation: it can be made while the event waits for its
+        batch, which then runs it once instead of stopping at the call and running again.
+        None when nothing says so. A wrong guess (the state moved in another process)
+        costs one Rasa call; the batch asks for the right one."""
+        conv = self._recent.get((event.channel, event.user_key))
+        if conv is None or event.kind != "text":
+            return None
+        ev = EventRow(0, event.channel, event.user_key, "text", event.text, None, None, None, 0)
+        lib = self._libs.get(conv.flow_version_id)
+        if lib is None or official_desk.concerns(conv, ev):
+            return None  # an official's answer is for the desk, not for Rasa
+        result = engine.handle(lib, self._state(conv, ev), to_engine_event(ev), self.clock.now())
+        while (call := result.call) is not None:
+            if is_external(call.action):
+                return External([call], self._external_context(lib))
+            if not is_pure(call.action):
+                return None  # table work comes first: the batch decides
+            done = await run_external(self._external_context(lib), call.action, call.args)
+            result = engine.handle(lib, result.state, done, self.clock.now())
+        return None
 
     # ---------------------------------------------------------------- a batch
 
@@ -296,6 +333,8 @@ class ConversationService:
             self.sender.handoff(handed, out.reserved)
         if out.waiting:
             self.on_outbox()
+        for conv in out.conversations.values():
+            self._remember(conv)
         return batch
 
     async def _batch(
@@ -312,6 +351,7 @@ class ConversationService:
                     (c.flow_version_id for c in loaded.conversations.values()),
                     tables.session,
                 )
+                self._libs = libs
                 for key in keys:
                     conv = loaded.conversations.get(key)
                     if conv is None:
@@ -347,7 +387,7 @@ class ConversationService:
         key = (conv.channel, conv.user_key)
         step = _Event(tables, savepoints=batch.savepoints)
         before = (conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at)
-        outcomes = known[1] if known is not None and known[0] == ev.id else {}
+        outcomes = known or {}
         try:
             await self._apply(step, conv, ev, out.now, libs[conv.flow_version_id], outcomes)
             await step.commit()
@@ -363,7 +403,7 @@ class ConversationService:
             need = exc
             await step.rollback()
             conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at = before
-            batch.external[key] = External(ev.id, [need.call], need.context)
+            batch.external[key] = External([need.call], need.context)
             return False
         out.conversations[conv.id] = conv
         out.done.append(ev.id)

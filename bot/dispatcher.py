@@ -22,6 +22,7 @@ from datetime import timedelta
 from sqlmodel import select
 
 from bot.actions import run_external
+from bot.channels.base import Inbound
 from bot.clock import Clock
 from bot.conversation import ConversationService, External, Key, Known, call_key
 from storage.db import Database
@@ -56,9 +57,28 @@ class Dispatcher:
         self.sweep_older_than = timedelta(seconds=sweep_older_than)
         self._sweeper: asyncio.Task[None] | None = None
 
-    def notify(self, channel: str, user_key: str) -> None:
-        self._dirty[(channel, user_key)] = None
+    def notify(self, channel: str, user_key: str, event: Inbound | None = None) -> None:
+        """The conversation has new events; `event`, just stored, may say more: a text
+        whose Rasa call can be foreseen has it made now, before its batch."""
+        key = (channel, user_key)
+        self._dirty[key] = None
+        if event is not None and event.kind == "text" and key not in self._busy:
+            self._busy.add(key)  # held until the foresight says whether to wait for Rasa
+            self._spawn(self._foresee(key, event), "external")
+            return
         self._kick()
+
+    async def _foresee(self, key: Key, event: Inbound) -> None:
+        try:
+            waiting = await self.service.foresee(event)
+        except Exception:
+            log.exception("foreseeing the Rasa call of %s:… failed; its batch will ask", key[0])
+            waiting = None
+        if waiting is None:
+            self._busy.discard(key)
+            self._kick()
+            return
+        await self._ask(key, waiting)
 
     def _kick(self) -> None:
         running = sum(1 for t in self._tasks if t.get_name() == "conversations")
@@ -97,13 +117,11 @@ class Dispatcher:
     async def _ask(self, key: Key, waiting: External) -> None:
         """Carry out the calls an event waits for, outside any transaction; run it again."""
         try:
-            previous = self._known.get(key)
-            outcomes = dict(previous[1]) if previous and previous[0] == waiting.event_id else {}
+            outcomes = self._known.setdefault(key, {})
             for call in waiting.calls:
                 outcomes[call_key(call)] = await run_external(
                     waiting.context, call.action, call.args
                 )
-            self._known[key] = (waiting.event_id, outcomes)
         except Exception:
             log.exception("an external call for %s:… failed; its event is run without it", key[0])
         finally:

@@ -59,7 +59,7 @@ class Ingress:
                 fresh = i in new
                 self.metrics.inbox.labels(event.channel, "new" if fresh else "duplicate").inc()
                 if fresh:
-                    self.dispatcher.notify(event.channel, event.user_key)
+                    self.dispatcher.notify(event.channel, event.user_key, event)
                 if not future.done():
                     future.set_result(fresh)
 

@@ -166,6 +166,28 @@ async def test_a_correction_is_stored_and_exported_for_training(
     assert "tien den bu chua tra du, goi 0900000000" in exported  # the phone is not kept
 
 
+async def test_the_rasa_call_of_a_typed_complaint_is_made_before_its_batch(
+    service: Service, province: dict[str, int], chat: ChatClient, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Foreseen from the conversation's last state: one Rasa call, one batch, no second pass."""
+    await chat.start()
+    await chat.tap("Gửi phản ánh, kiến nghị")
+    real = service.conversations.process
+    stopped_for_rasa = []
+
+    async def spy(keys, known=None):  # type: ignore[no-untyped-def]
+        done = await real(keys, known)
+        stopped_for_rasa.extend(done.external)
+        return done
+
+    monkeypatch.setattr(service.conversations, "process", spy)
+    asked = service.metrics.nlu.labels("ok")._value.get()
+    answer = await chat.say(UNSEEN["construction"][0])
+    assert "Xây dựng" in question(answer[-1])
+    assert stopped_for_rasa == []
+    assert service.metrics.nlu.labels("ok")._value.get() == asked + 1
+
+
 async def test_conduct_complaints_go_one_level_up(
     service: Service, province: dict[str, int], chat: ChatClient
 ) -> None:
