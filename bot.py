@@ -48,20 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(settings.log.level, settings.log.format)
     _upgrade(settings)
-    with asyncio.Runner(loop_factory=_event_loop(settings.server.event_loop)) as runner:
+    from bot.eventloop import event_loop_factory
+
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.server.event_loop)) as runner:
         return runner.run(_serve(settings, demo=settings.demo.autoload and not args.no_demo))
-
-
-def _event_loop(wanted: str) -> Any:
-    """uvloop's event loop if wanted and installed (not on Windows): the same asyncio,
-    with sockets and callbacks handled in C."""
-    if wanted != "uvloop":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def _serve(settings: Settings, demo: bool) -> int:

@@ -81,10 +81,10 @@ from bench.webhook import (  # noqa: E402
     bot_env,
     check_empty,
     closed_loops,
-    event_loop,
 )
 from bot.actions import ExternalContext, classify_complaint  # noqa: E402
 from bot.config import Settings, load_settings  # noqa: E402
+from bot.eventloop import event_loop_factory  # noqa: E402
 from bot.flowstore import DEFAULT_FIELDS  # noqa: E402
 from bot.nlu import NluClient  # noqa: E402
 from bot.rasa import RasaServer  # noqa: E402
@@ -691,5 +691,5 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    with asyncio.Runner(loop_factory=event_loop(arguments.loop)) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory(arguments.loop)) as runner:
         sys.exit(runner.run(bench(arguments)))

@@ -1100,21 +1100,11 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def event_loop(wanted: str) -> Any:
-    """The event loop `bot.py run` uses (uvloop where installed): the floor runs on the
-    same one, and so do the citizens and the fake platform here."""
-    if wanted != "uvloop":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 if __name__ == "__main__":
+    from bot.eventloop import event_loop_factory  # the floor and this process run on it too
+
     arguments = parse_args()
-    with asyncio.Runner(loop_factory=event_loop(arguments.loop)) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory(arguments.loop)) as runner:
         if arguments.floor_server:
             runner.run(serve_floor(arguments.channel, arguments.db, arguments.port))
         else:
