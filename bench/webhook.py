@@ -880,6 +880,10 @@ async def measure(
                 await loop(c, platform.user(k), codes[k % len(codes)])
 
         cpu0, client0 = server.cpu_seconds(), time.process_time()
+        # On stderr, for a profiler to attach to the server now (e.g. py-spy -p PID).
+        print(
+            f"[bench] {server.name} (pid {server.proc.pid}): measuring", file=sys.stderr, flush=True
+        )
         t0 = time.perf_counter()
         await closed_loops(server, [citizen(i) for i in range(citizens)])
         run.seconds = time.perf_counter() - t0

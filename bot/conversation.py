@@ -341,7 +341,7 @@ class ConversationService:
         self, keys: Sequence[Key], known: Mapping[Key, Known], batch: Processed, out: _Round
     ) -> list[Outgoing]:
         async with self.db.batch() as conn:
-            rows = messages.Batch(conn, self.db.is_sqlite)
+            rows = messages.Batch(conn, self.db.is_sqlite, self.db.writer)
             tables = _Tables(conn)
             try:
                 loaded = await rows.load(list(keys), self.settings.chat.default_language, out.now)
@@ -573,7 +573,7 @@ class ConversationService:
         out = _Round(self.clock.now())
         try:
             async with self.db.batch() as conn:
-                rows = messages.Batch(conn, self.db.is_sqlite)
+                rows = messages.Batch(conn, self.db.is_sqlite, self.db.writer)
                 try:
                     loaded = await rows.load([key], self.settings.chat.default_language, out.now)
                     conv = loaded.conversations.get(key)

@@ -9,7 +9,6 @@ PostgreSQL (asyncpg) is used for several processes. Neither blocks the event loo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -132,9 +131,20 @@ class Database:
         """A connection for one of the message path's batches, which begins and commits
         its own transaction (storage/messages.py), with an ORM session on the same
         connection for table work. SQLite: the batch is this process's writer meanwhile."""
-        lock = self._write_lock or contextlib.nullcontext()
-        async with lock, self.batch_engine.connect() as conn:
-            yield conn
+        if self._write_lock is None:
+            async with self.batch_engine.connect() as conn:
+                yield conn
+            return
+        self.writer.batches_waiting += 1  # the writer leaves its queued writes to the batch
+        try:
+            await self._write_lock.acquire()
+        finally:
+            self.writer.batches_waiting -= 1
+        try:
+            async with self.batch_engine.connect() as conn:
+                yield conn
+        finally:
+            self._write_lock.release()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

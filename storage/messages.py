@@ -8,7 +8,11 @@ PostgreSQL they are asyncpg's prepared statements. Values are converted by the c
 own SQLAlchemy types, so what is written here reads back the same through the ORM.
 
 - `Writer` — short transactions of their own: storing incoming events (the inbox), and
-  recording messages as sent. A dedicated connection (SQLite) or pool (PostgreSQL).
+  recording messages as sent. A dedicated connection (SQLite) or pool (PostgreSQL). On
+  SQLite, where one writer runs at a time, what is asked while another write holds the
+  lock waits and goes together, in one transaction: made by the next batch, first in
+  its first trip, when a batch is next in line for the lock (one trip to SQLite's thread
+  and one turn of the lock fewer), or by the writer itself otherwise.
 - `Batch` — a conversation batch's transaction (bot/conversation.py): `load` begins it
   and reads the conversations and their pending events, `write` writes the states, the
   inbox marks and the outgoing messages and commits, in the same trips. The ORM session
@@ -17,6 +21,7 @@ own SQLAlchemy types, so what is written here reads back the same through the OR
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -227,9 +232,27 @@ def _sqlite_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ())
         cursor.close()
 
 
+Started = tuple[list[Any], list[Any], list[Any], list[Any]]
+
+
 def _sqlite_load(
-    conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any]
-) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any], queued: Queued
+) -> tuple[list[list[Any]] | Exception, Started | Exception]:
+    """The writer's queued writes, committed first (their callers answer as soon as they
+    are kept), then the batch's start; the outcome of each."""
+    outcome: list[list[Any]] | Exception = []
+    if queued:
+        try:
+            outcome = _sqlite_queued(conn, queued)
+        except Exception as exc:
+            outcome = exc
+    try:
+        return outcome, _sqlite_begin(conn, keys, new)
+    except Exception as exc:
+        return outcome, exc
+
+
+def _sqlite_begin(conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any]) -> Started:
     """Begin the batch's transaction; the rows it starts from (conversations that do not
     exist yet are created)."""
     if conn.in_transaction:  # left over by a batch that could not roll back
@@ -313,24 +336,54 @@ def _sqlite_sent(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     conn.executemany(_SET_SENT.format("?", "?", "?"), rows)
 
 
+def _sqlite_queued(conn: sqlite3.Connection, queued: Queued) -> list[list[Any]]:
+    """The writes `Writer` queued, in one transaction; for each inbox insert, the
+    (channel, platform id) it stored."""
+    if conn.in_transaction:  # left over by a batch that could not roll back
+        conn.execute("ROLLBACK")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = [_sqlite_store(conn, rows) for rows, _ in queued.inbox]
+        for rows, _ in queued.sent:
+            _sqlite_sent(conn, rows)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return found
+
+
 def _sqlite_rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
 
 
-def _sqlite_transaction(conn: sqlite3.Connection, work: Callable[..., Any], *args: Any) -> Any:
-    """`work` in one write transaction, in SQLite's thread."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(conn, *args)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
-
-
 # ---------------------------------------------------------------- the writer
+
+
+@dataclass
+class Queued:
+    """SQLite writes waiting for the write lock: inbox inserts and sent marks (converted
+    rows), each with the future of the caller waiting for its commit."""
+
+    inbox: list[tuple[list[tuple[Any, ...]], asyncio.Future[list[Any]]]] = field(
+        default_factory=list
+    )
+    sent: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.inbox or self.sent)
+
+    def settle(self, outcome: list[list[Any]] | Exception) -> None:
+        """Tell the callers: what each insert stored, or the failure of them all."""
+        futures = [f for _, f in self.inbox] + [f for _, f in self.sent]
+        for i, future in enumerate(futures):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome[i] if i < len(self.inbox) else None)
 
 
 class Writer:
@@ -343,6 +396,39 @@ class Writer:
         self._pragmas = pragmas
         self._sqlite: aiosqlite.Connection | None = None
         self._pg: asyncpg.Pool | None = None
+        # SQLite: writes waiting for the lock, batches waiting for it, the task that
+        # makes the writes when no batch does.
+        self._queued = Queued()
+        self.batches_waiting = 0
+        self._flusher: asyncio.Task[None] | None = None
+
+    def take(self) -> Queued:
+        """The queued writes, for a batch that holds the write lock to make first."""
+        queued, self._queued = self._queued, Queued()
+        return queued
+
+    async def _enqueue(self, kind: str, rows: list[tuple[Any, ...]]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        getattr(self._queued, kind).append((rows, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="sqlite-writer")
+        return await future
+
+    async def _flush(self) -> None:
+        """Make the queued writes, unless a batch waiting for the lock does first."""
+        while self._queued:
+            async with self._lock:
+                if self.batches_waiting:
+                    continue  # the lock goes to the batch (first in line), which makes them
+                queued = self.take()
+                if not queued:
+                    continue
+                try:
+                    conn = await self._sqlite_conn()
+                    outcome: Any = await conn._execute(_sqlite_queued, conn._conn, queued)
+                except Exception as exc:
+                    outcome = exc
+                queued.settle(outcome)
 
     async def _sqlite_conn(self) -> aiosqlite.Connection:
         if self._sqlite is None:
@@ -368,10 +454,7 @@ class Writer:
         if not rows:
             return set()
         if self.is_sqlite:
-            conn = await self._sqlite_conn()
-            values = [SQLITE.inbox_row(r) for r in rows]
-            async with self._lock:
-                found = await conn._execute(_sqlite_transaction, conn._conn, _sqlite_store, values)
+            found = await self._enqueue("inbox", [SQLITE.inbox_row(r) for r in rows])
             return {(c, p) for c, p in found}
         pool = await self._pg_pool()
         cols = INBOX_INSERT
@@ -390,10 +473,7 @@ class Writer:
         if not sent:
             return
         if self.is_sqlite:
-            conn = await self._sqlite_conn()
-            rows = [(SQLITE.outbox_time(at), pid, i) for i, at, pid in sent]
-            async with self._lock:
-                await conn._execute(_sqlite_transaction, conn._conn, _sqlite_sent, rows)
+            await self._enqueue("sent", [(SQLITE.outbox_time(at), pid, i) for i, at, pid in sent])
             return
         pool = await self._pg_pool()
         async with pool.acquire() as conn, conn.transaction():
@@ -402,6 +482,9 @@ class Writer:
             )
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
         if self._sqlite is not None:
             await self._sqlite.close()
             self._sqlite = None
@@ -424,9 +507,12 @@ class Batch:
     of `Database.batch()`): `load` begins it, `write` commits it, `rollback` undoes it.
     The ORM session of the batch's table work runs on the same connection, inside it."""
 
-    def __init__(self, conn: AsyncConnection, is_sqlite: bool) -> None:
+    def __init__(
+        self, conn: AsyncConnection, is_sqlite: bool, writer: Writer | None = None
+    ) -> None:
         self.conn = conn
         self.is_sqlite = is_sqlite
+        self.writer = writer  # SQLite: its queued writes are made first
         self._driver: Any = None
         self._open = False
 
@@ -454,7 +540,16 @@ class Batch:
         if self.is_sqlite:
             aio = await self._raw()
             new = {"lang": lang, "at": SQLITE.conv_time(now)}
-            convs, events, pointers, unsent = await aio._execute(_sqlite_load, aio._conn, keys, new)
+            queued = self.writer.take() if self.writer is not None else Queued()
+            try:
+                outcome, started = await aio._execute(_sqlite_load, aio._conn, keys, new, queued)
+            except BaseException as exc:  # the trip itself failed: the writes may be lost
+                queued.settle(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+                raise
+            queued.settle(outcome)
+            if isinstance(started, Exception):
+                raise started
+            convs, events, pointers, unsent = started
             conv_rows = [SQLITE.conversation(r) for r in convs]
             event_rows = [SQLITE.event(r) for r in events]
         else:

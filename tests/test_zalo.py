@@ -143,6 +143,54 @@ async def test_zalos_retries_of_the_same_event_are_processed_once(
         assert len((await s.exec(select(InboxEvent))).all()) == 1
 
 
+async def test_deliveries_waiting_for_the_database_are_kept_once_each(
+    bot: Bot, fake: FakeZalo, clock: ManualClock
+) -> None:
+    """Events that arrive while another write holds the database (on SQLite they wait for
+    its write lock, then go in with the conversation batch waiting before them) are each
+    stored once, a retry among them included, answered 200, handled, and every answer is
+    recorded as sent."""
+    service, http = bot
+    first = Citizen(fake, http, clock, user="1000000000000000001")
+    others = [Citizen(fake, http, clock, user=f"100000000000000000{i}") for i in (2, 3)]
+    assert await first.deliver(fake.text_event(first.user, "xin chào")) == 200
+    assert len(await first.replies()) == 1
+    events = [fake.text_event(c.user, "xin chào") for c in others]
+    async with service.db.transaction() as s:
+        # A conversation with an event to handle, whose batch waits for this transaction.
+        s.add(
+            InboxEvent(
+                channel="zalo",
+                platform_id="written-elsewhere",
+                user_key=first.user,
+                kind="text",
+                text="menu",
+                received_at=clock.now(),
+            )
+        )
+        service.dispatcher.notify("zalo", first.user)
+        deliveries = [
+            asyncio.create_task(c.deliver(e)) for c, e in zip(others, events, strict=True)
+        ]
+        deliveries.append(asyncio.create_task(others[0].deliver(events[0], num_retry=1)))
+        await asyncio.sleep(0.2)
+    service.dispatcher.notify("zalo", first.user)  # PostgreSQL: the batch did not wait
+    assert await asyncio.gather(*deliveries) == [200, 200, 200]
+    menu = await first.replies()
+    assert len(menu) == 1 and len(menu[0].buttons) == 4
+    for c in others:
+        greeting = await c.replies()
+        assert len(greeting) == 1 and greeting[0].text.startswith("Xin chào anh/chị!")
+    async with service.db.sessions() as s:
+        inbox = (await s.exec(select(InboxEvent))).all()
+        outbox = (await s.exec(select(OutboxMessage))).all()
+    assert sorted(e.user_key for e in inbox) == sorted(
+        [first.user, first.user] + [c.user for c in others]
+    )
+    assert all(e.status == "done" for e in inbox)
+    assert len(outbox) == 4 and all(m.status == "sent" and m.sent_at for m in outbox)
+
+
 async def test_echoes_and_receipts_are_ignored_and_stickers_get_a_polite_answer(
     bot: Bot, fake: FakeZalo, clock: ManualClock
 ) -> None:
