@@ -283,7 +283,11 @@ class ConversationService:
         lib = self._libs.get(conv.flow_version_id)
         if lib is None or official_desk.concerns(conv, ev):
             return None  # an official's answer is for the desk, not for Rasa
-        result = engine.handle(lib, self._state(conv, ev), to_engine_event(ev), self.clock.now())
+        state, now = self._state(conv, ev), self.clock.now()
+        fresh = engine.is_fresh(lib, state, now)
+        if not engine.may_call(lib, conv.flow_version_id, conv.step, is_external, fresh):
+            return None  # no answer here leads to Rasa (a scale tap…): nothing to foresee
+        result = engine.handle(lib, state, to_engine_event(ev), now)
         while (call := result.call) is not None:
             if is_external(call.action):
                 return External([call], self._external_context(lib))

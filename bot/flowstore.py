@@ -49,6 +49,7 @@ DEFAULT_FIELDS = [
     {"value": "other", "label": {"vi": "Lĩnh vực khác", "en": "Other"}},
 ]
 FIELDS_TTL_SECONDS = 30.0
+MAX_LIBRARIES = 256
 
 
 def configured_lists(settings: Settings) -> dict[str, list[dict[str, Any]]]:
@@ -196,6 +197,9 @@ class FlowCache:
 
     def __init__(self, settings: Settings) -> None:
         self._defs: dict[int, FlowDef] = {}
+        # The same library for the same versions, batch after batch (it keeps what the
+        # engine worked out about its flows).
+        self._libraries: dict[tuple[Any, ...], Library] = {}
         self.lists = configured_lists(settings)
         self.limits = configured_limits(settings)
         self.idle_reset = timedelta(minutes=settings.conversation.idle_reset_minutes)
@@ -249,13 +253,19 @@ class FlowCache:
             versions = dict(current)
             if pin and pin in self._defs:
                 versions[pin] = self._defs[pin]
-            out[pin] = Library(
-                current=pointers,
-                versions=versions,
-                lists=self.lists,
-                limits=self.limits,
-                idle_reset=self.idle_reset,
-            )
+            key = (pin, tuple(sorted(pointers.items())))
+            lib = self._libraries.get(key)
+            if lib is None or lib.lists is not self.lists or lib.versions.keys() != versions.keys():
+                if len(self._libraries) > MAX_LIBRARIES:
+                    self._libraries.clear()
+                lib = self._libraries[key] = Library(
+                    current=dict(pointers),
+                    versions=versions,
+                    lists=self.lists,
+                    limits=self.limits,
+                    idle_reset=self.idle_reset,
+                )
+            out[pin] = lib
         return out
 
     async def library(self, session: AsyncSession, pinned: int | None) -> Library:

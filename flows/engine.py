@@ -9,7 +9,7 @@ hands its outcome back as an `ActionDone` event (see bot/conversation.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -166,6 +166,8 @@ class Library:
     lists: Mapping[str, list[dict[str, Any]]]  # "scale", "criteria", …
     limits: Mapping[str, int]  # "max_text_chars", "comment_max_chars", …
     idle_reset: timedelta = timedelta(hours=2)
+    # may_call's answers, by (action kind, version, step).
+    _reach: dict[tuple[Any, ...], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def flow(self, version: int) -> FlowDef:
         try:
@@ -178,6 +180,76 @@ class Library:
             return self.current[flow_id]
         except KeyError:
             raise FlowError(f"no published flow {flow_id!r}") from None
+
+
+def may_call(
+    lib: Library,
+    version: int | None,
+    step: str | None,
+    wanted: Callable[[str], bool],
+    fresh: bool = False,
+) -> bool:
+    """Whether a message typed at this step may reach an action that `wanted` picks
+    before the conversation waits again: through the step's buttons, its input, its
+    free-text branch or a command; `fresh`: the main menu reads the message (a new or
+    ended conversation, or one idle too long — see `is_fresh`). True when the flows
+    cannot tell (a step that is not loaded)."""
+    if step is None:
+        fresh = True
+    key = (wanted, version, step, fresh)
+    known = lib._reach.get(key)
+    if known is None:
+        try:
+            known = _may_call(lib, None if fresh else version, None if fresh else step, wanted)
+        except (FlowError, KeyError):
+            known = True
+        lib._reach[key] = known
+    return known
+
+
+def _may_call(
+    lib: Library, version: int | None, step: str | None, wanted: Callable[[str], bool]
+) -> bool:
+    main_version = lib.current_version(MAIN_FLOW)
+    main = lib.flow(main_version)
+    fresh = version is None or step is None
+    places = [(main_version, main.start)] if fresh else [(version, step)]
+    targets = [(main_version, c.goto) for c in main.commands]  # commands work anywhere
+    for v, step_id in places:
+        flow = lib.flow(v)
+        s = flow.steps[step_id]
+        targets += [(v, c.goto) for c in flow.commands]
+        targets += [(v, b.goto) for b in s.buttons]
+        targets += [(v, t) for t in (s.goto, s.on_text, s.input and s.input.goto) if t]
+    seen: set[tuple[int, str]] = set()
+    return any(_leads_to(lib, v, t, wanted, seen) for v, t in targets)
+
+
+def is_fresh(lib: Library, state: State, now: datetime) -> bool:
+    """Whether the main menu reads the next message (see `_Run.handle`)."""
+    return state.idle or (state.updated_at is not None and now - state.updated_at > lib.idle_reset)
+
+
+def _leads_to(
+    lib: Library, version: int, target: str, wanted: Callable[[str], bool], seen: set[Any]
+) -> bool:
+    """Whether entering `target` (from a step of `version`) reaches a wanted action
+    before a step that waits."""
+    if target.startswith("flow:"):
+        flow_id, _, step_id = target.removeprefix("flow:").partition("#")
+        version = lib.current_version(flow_id)
+        target = step_id or lib.flow(version).start
+    if (version, target) in seen:
+        return False
+    seen.add((version, target))
+    step = lib.flow(version).steps[target]
+    if step.waits or step.end:
+        return False
+    if step.action:
+        return wanted(step.action) or any(
+            _leads_to(lib, version, t, wanted, seen) for t in step.outcomes.values()
+        )
+    return step.goto is not None and _leads_to(lib, version, step.goto, wanted, seen)
 
 
 # ---------------------------------------------------------------- rendering
@@ -379,7 +451,7 @@ class _Run:
             return self.action_done(event)
         if isinstance(event, Start):
             return self.start(event)
-        fresh_menu = self.state.idle or self.expired()
+        fresh_menu = is_fresh(self.lib, self.state, self.now)
         if fresh_menu:
             # A new or finished conversation: the main menu reads this message.
             self.vars = {k: v for k, v in self.vars.items() if k == "_turn"}
@@ -398,10 +470,6 @@ class _Run:
             if command is not None:
                 return self.goto(command)
         return self.answer(event)
-
-    def expired(self) -> bool:
-        last = self.state.updated_at
-        return last is not None and self.now - last > self.lib.idle_reset
 
     def start(self, event: Start) -> Result:
         self.vars = {"_turn": self.vars.get("_turn", 0)}

@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from flows.engine import ActionDone, Call, Send, Start, State, Tap, Text, Unsupported, handle
+from bot.actions import is_external
+from flows.engine import (
+    ActionDone,
+    Call,
+    Send,
+    Start,
+    State,
+    Tap,
+    Text,
+    Unsupported,
+    handle,
+    may_call,
+)
 from tests.flowlib import library
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
@@ -121,3 +133,34 @@ def test_english_conversation() -> None:
         "Check a report",
         "Help",
     ]
+
+
+def test_which_steps_may_lead_a_typed_message_to_rasa() -> None:
+    """What the bot asks Rasa ahead of a batch for: never for a scale tap, always where
+    free text is read, and never wrong where the engine itself goes to Rasa."""
+    criterion = at_first_criterion()
+    rating, feedback = LIB.current["rating"], LIB.current["feedback"]
+    assert not may_call(LIB, rating, criterion.step, is_external)
+    assert may_call(LIB, rating, criterion.step, is_external, fresh=True)  # idle too long
+    assert may_call(LIB, None, None, is_external)  # the main menu reads free text
+    assert may_call(LIB, LIB.current["main"], "menu", is_external)  # (after read_menu_text)
+    assert may_call(LIB, feedback, "ask_text", is_external)
+    assert may_call(LIB, 999, "ask_text", is_external)  # a version not loaded: unsure
+    texts = [
+        "menu",
+        "1",
+        "xin chao, toi muon phan anh viec cap so do cham",
+        "H42.15.01-261110-0001",
+    ]
+    reached: set[tuple[str, str]] = set()
+    for version, flow in LIB.versions.items():
+        for name, s in flow.steps.items():
+            if not s.waits:
+                continue
+            state = State(version=version, step=name, vars={"_turn": 1}, updated_at=NOW)
+            for text in texts + [b.payload for b in s.buttons]:
+                call = handle(LIB, state, Text(text), NOW).call
+                if call is not None and is_external(call.action):
+                    reached.add((flow.id, name))
+                    assert may_call(LIB, version, name, is_external), (flow.id, name, text)
+    assert ("feedback", "ask_text") in reached
