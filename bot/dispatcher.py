@@ -81,7 +81,7 @@ class Dispatcher:
         await self._ask(key, waiting)
 
     def _kick(self) -> None:
-        running = sum(1 for t in self._tasks if t.get_name() == "conversations")
+        running = sum(1 for t in self._tasks if t.get_name() == "conversations" and not t.done())
         if running < self.workers and any(k not in self._busy for k in self._dirty):
             self._spawn(self._work(), "conversations")
 
