@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from bot.app import Service, build_app, build_service
 from bot.channels.base import TemporaryFailure
 from bot.channels.zalo import ZaloOA, ZaloTokens
 from bot.clock import ManualClock
+from storage import messages
 from storage.db import Database
 from storage.models import ChannelToken, InboxEvent, OutboxMessage, Rating
 from tests.chat import PlatformCitizen, settle
@@ -189,6 +191,56 @@ async def test_deliveries_waiting_for_the_database_are_kept_once_each(
     )
     assert all(e.status == "done" for e in inbox)
     assert len(outbox) == 4 and all(m.status == "sent" and m.sent_at for m in outbox)
+
+
+async def test_a_write_that_fails_while_waiting_is_refused_clearly_and_lost_nowhere(
+    bot: Bot, fake: FakeZalo, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: the waiting writes that the next conversation batch makes fail (a disk
+    error): their webhooks get a 503, so Zalo delivers again; the batch's own
+    conversation is still handled, and the delivery that comes again is kept once."""
+    service, http = bot
+    if not service.db.is_sqlite:
+        pytest.skip("the waiting writes are SQLite's (one writer)")
+    first = Citizen(fake, http, clock, user="1000000000000000001")
+    other = Citizen(fake, http, clock, user="1000000000000000002")
+    assert await first.deliver(fake.text_event(first.user, "xin chào")) == 200
+    assert len(await first.replies()) == 1
+    real = messages._sqlite_queued
+    failures = []
+
+    def disk_error(conn: Any, queued: Any) -> Any:
+        if not failures:
+            failures.append(queued)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(conn, queued)
+
+    monkeypatch.setattr(messages, "_sqlite_queued", disk_error)
+    event = fake.text_event(other.user, "xin chào")
+    async with service.db.transaction() as s:
+        s.add(
+            InboxEvent(
+                channel="zalo",
+                platform_id="written-elsewhere",
+                user_key=first.user,
+                kind="text",
+                text="menu",
+                received_at=clock.now(),
+            )
+        )
+        service.dispatcher.notify("zalo", first.user)  # its batch waits for this one
+        delivery = asyncio.create_task(other.deliver(event))
+        await asyncio.sleep(0.2)
+    assert await delivery == 503  # refused: Zalo delivers it again
+    assert failures
+    menu = await first.replies()
+    assert len(menu) == 1 and len(menu[0].buttons) == 4  # the batch went on
+    assert await other.deliver(event, num_retry=1) == 200
+    greeting = await other.replies()
+    assert len(greeting) == 1 and greeting[0].text.startswith("Xin chào anh/chị!")
+    async with service.db.sessions() as s:
+        mine = (await s.exec(select(InboxEvent).where(InboxEvent.user_key == other.user))).all()
+    assert [e.status for e in mine] == ["done"]
 
 
 async def test_echoes_and_receipts_are_ignored_and_stickers_get_a_polite_answer(
