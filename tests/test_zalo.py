@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -145,6 +146,27 @@ async def test_zalos_retries_of_the_same_event_are_processed_once(
         assert len((await s.exec(select(InboxEvent))).all()) == 1
 
 
+@asynccontextmanager
+async def batch_waiting_for_the_database(
+    service: Service, clock: ManualClock, user: str
+) -> AsyncIterator[None]:
+    """A write transaction held open, with a "menu" for `user` in it and its conversation
+    notified: on SQLite, that conversation's batch waits for the write lock meanwhile."""
+    async with service.db.transaction() as s:
+        s.add(
+            InboxEvent(
+                channel="zalo",
+                platform_id="written-elsewhere",
+                user_key=user,
+                kind="text",
+                text="menu",
+                received_at=clock.now(),
+            )
+        )
+        service.dispatcher.notify("zalo", user)
+        yield
+
+
 async def test_deliveries_waiting_for_the_database_are_kept_once_each(
     bot: Bot, fake: FakeZalo, clock: ManualClock
 ) -> None:
@@ -158,19 +180,7 @@ async def test_deliveries_waiting_for_the_database_are_kept_once_each(
     assert await first.deliver(fake.text_event(first.user, "xin chào")) == 200
     assert len(await first.replies()) == 1
     events = [fake.text_event(c.user, "xin chào") for c in others]
-    async with service.db.transaction() as s:
-        # A conversation with an event to handle, whose batch waits for this transaction.
-        s.add(
-            InboxEvent(
-                channel="zalo",
-                platform_id="written-elsewhere",
-                user_key=first.user,
-                kind="text",
-                text="menu",
-                received_at=clock.now(),
-            )
-        )
-        service.dispatcher.notify("zalo", first.user)
+    async with batch_waiting_for_the_database(service, clock, first.user):
         deliveries = [
             asyncio.create_task(c.deliver(e)) for c, e in zip(others, events, strict=True)
         ]
@@ -217,18 +227,7 @@ async def test_a_write_that_fails_while_waiting_is_refused_clearly_and_lost_nowh
 
     monkeypatch.setattr(messages, "_sqlite_queued", disk_error)
     event = fake.text_event(other.user, "xin chào")
-    async with service.db.transaction() as s:
-        s.add(
-            InboxEvent(
-                channel="zalo",
-                platform_id="written-elsewhere",
-                user_key=first.user,
-                kind="text",
-                text="menu",
-                received_at=clock.now(),
-            )
-        )
-        service.dispatcher.notify("zalo", first.user)  # its batch waits for this one
+    async with batch_waiting_for_the_database(service, clock, first.user):
         delivery = asyncio.create_task(other.deliver(event))
         await asyncio.sleep(0.2)
     assert await delivery == 503  # refused: Zalo delivers it again
