@@ -248,12 +248,13 @@ class FlowCache:
                 self._defs[row.id] = FlowDef.parse(row.definition)  # type: ignore[index]
         current = {v: self._defs[v] for v in pointers.values() if v in self._defs}
         out: dict[int | None, Library] = {}
+        now_current = tuple(sorted(pointers.items()))
         # A conversation may start, or move to, a current version within the batch too.
         for pin in pins | set(current) | {None}:
             versions = dict(current)
             if pin and pin in self._defs:
                 versions[pin] = self._defs[pin]
-            key = (pin, tuple(sorted(pointers.items())))
+            key = (pin, now_current)
             lib = self._libraries.get(key)
             if lib is None or lib.lists is not self.lists or lib.versions.keys() != versions.keys():
                 if len(self._libraries) > MAX_LIBRARIES:

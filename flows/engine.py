@@ -166,7 +166,7 @@ class Library:
     lists: Mapping[str, list[dict[str, Any]]]  # "scale", "criteria", …
     limits: Mapping[str, int]  # "max_text_chars", "comment_max_chars", …
     idle_reset: timedelta = timedelta(hours=2)
-    # may_call's answers, by (action kind, version, step).
+    # may_call's answers, by (which actions, version, step; None, None: the main menu).
     _reach: dict[tuple[Any, ...], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def flow(self, version: int) -> FlowDef:
@@ -194,13 +194,15 @@ def may_call(
     free-text branch or a command; `fresh`: the main menu reads the message (a new or
     ended conversation, or one idle too long — see `is_fresh`). True when the flows
     cannot tell (a step that is not loaded)."""
-    if step is None:
-        fresh = True
-    key = (wanted, version, step, fresh)
+    key = (
+        (wanted, None, None)
+        if fresh or version is None or step is None
+        else (wanted, version, step)
+    )
     known = lib._reach.get(key)
     if known is None:
         try:
-            known = _may_call(lib, None if fresh else version, None if fresh else step, wanted)
+            known = _may_call(lib, key[1], key[2], wanted)
         except (FlowError, KeyError):
             known = True
         lib._reach[key] = known
@@ -210,17 +212,17 @@ def may_call(
 def _may_call(
     lib: Library, version: int | None, step: str | None, wanted: Callable[[str], bool]
 ) -> bool:
+    """`may_call` at this step, or at the main menu (None)."""
     main_version = lib.current_version(MAIN_FLOW)
     main = lib.flow(main_version)
-    fresh = version is None or step is None
-    places = [(main_version, main.start)] if fresh else [(version, step)]
+    if version is None or step is None:
+        version, step = main_version, main.start
+    flow = lib.flow(version)
+    s = flow.steps[step]
     targets = [(main_version, c.goto) for c in main.commands]  # commands work anywhere
-    for v, step_id in places:
-        flow = lib.flow(v)
-        s = flow.steps[step_id]
-        targets += [(v, c.goto) for c in flow.commands]
-        targets += [(v, b.goto) for b in s.buttons]
-        targets += [(v, t) for t in (s.goto, s.on_text, s.input and s.input.goto) if t]
+    targets += [(version, c.goto) for c in flow.commands]
+    targets += [(version, b.goto) for b in s.buttons]
+    targets += [(version, t) for t in (s.goto, s.on_text, s.input and s.input.goto) if t]
     seen: set[tuple[int, str]] = set()
     return any(_leads_to(lib, v, t, wanted, seen) for v, t in targets)
 
