@@ -47,16 +47,19 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def start_bot(db_url: str, port: int) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
+def bot_settings(db_url: str, port: int) -> dict[str, str]:
+    """The bot's settings for a rating bench: its database, port and API token."""
+    return {
         "HAILONG_STORAGE_URL": db_url,
         "HAILONG_SERVER_PORT": str(port),
         "HAILONG_API_TOKEN": TOKEN,
         "HAILONG_LOG_LEVEL": "WARNING",
         "HAILONG_NLU_AUTOSTART": "false",  # the rating flow does not need Rasa
-        "PYTHONUNBUFFERED": "1",
     }
+
+
+async def start_bot(db_url: str, port: int) -> asyncio.subprocess.Process:
+    env = {**os.environ, **bot_settings(db_url, port), "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "bot.py",

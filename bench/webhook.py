@@ -56,7 +56,13 @@ HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.webchat import TOKEN, free_port, pct, push_dossiers, rss_mb  # noqa: E402
+from bench.webchat import (  # noqa: E402
+    bot_settings,
+    free_port,
+    pct,
+    push_dossiers,
+    rss_mb,
+)
 
 # The Zalo app and OA the bot is configured with (and the fake and the floor check).
 ZALO_APP_ID = "1832749185736492817"
@@ -919,14 +925,7 @@ async def run_floor(args: argparse.Namespace, tmp: str, codes: list[str]) -> Fig
 
 
 def bot_env(args: argparse.Namespace, db_url: str, port: int, api: FakeApi) -> dict[str, str]:
-    env = {
-        "HAILONG_STORAGE_URL": db_url,
-        "HAILONG_SERVER_PORT": str(port),
-        "HAILONG_API_TOKEN": TOKEN,
-        "HAILONG_LOG_LEVEL": "WARNING",
-        "HAILONG_NLU_AUTOSTART": "false",  # the rating flow does not need Rasa
-        "HAILONG_SERVER_EVENT_LOOP": args.loop,
-    }
+    env = {**bot_settings(db_url, port), "HAILONG_SERVER_EVENT_LOOP": args.loop}
     if args.channel == "zalo":
         env |= {
             "HAILONG_ZALO_APP_ID": ZALO_APP_ID,
