@@ -159,6 +159,9 @@ class _Output:
         return "\n".join(self.tail)
 
 
+GROUP_GONE_POLLS = 100  # × 50 ms
+
+
 async def _terminate(proc: asyncio.subprocess.Process, grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM the process group, SIGKILL it after `grace` seconds; reap the process."""
     if proc.returncode is None:
@@ -172,6 +175,15 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float = STOP_GRACE
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     await proc.wait()
+    # Killed members go away (and are reaped by init) a moment later: wait for that, so
+    # that a stopped server leaves nothing behind.
+    for _ in range(GROUP_GONE_POLLS):
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        await asyncio.sleep(0.05)
+    log.warning("members of Rasa's process group %d are still there after SIGKILL", proc.pid)
 
 
 async def _run(
