@@ -3,7 +3,12 @@
 SQLite (aiosqlite, one thread trip per statement: storage/sqlite_driver.py) is the
 default: WAL journal, a busy timeout, and write transactions that take the write lock
 when they begin (``BEGIN IMMEDIATE``) so two writers queue instead of failing half-way.
-PostgreSQL (asyncpg) is used for several processes. Neither blocks the event loop.
+PostgreSQL (asyncpg) is used for several processes. Neither blocks the event loop, with
+one exception that keeps it so: on SQLite, the message path's statements (its batches
+and the writer's inserts, storage/messages.py) run on the loop's own thread, as short
+as they are, once the process's write lock is theirs; a lock another process holds is
+waited for in a thread, and WAL checkpoints, which write the database file and flush it
+to disk, are made in a thread too.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import jsonio, messages, sqlite_driver
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_BUSY_TIMEOUT_MS = sqlite_driver.BUSY_TIMEOUT_MS
 
 
 def async_url(url: str, base_dir: Path | None = None) -> str:
@@ -52,9 +57,20 @@ SQLITE_PRAGMAS = [
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 ]
+# Connections whose statements run on the event loop's thread: they never wait for a lock
+# there (sqlite_driver.run waits in a thread) nor checkpoint (messages.Writer does).
+SQLITE_INLINE_PRAGMAS = [
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=0",
+    "PRAGMA wal_autocheckpoint=0",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+]
 
 
-def _sqlite_setup(engine: AsyncEngine, immediate: bool | None) -> None:
+def _sqlite_setup(
+    engine: AsyncEngine, immediate: bool | None, pragmas: list[str] = SQLITE_PRAGMAS
+) -> None:
     """Pragmas on every connection; `immediate`: transactions that SQLAlchemy begins take
     the write lock at BEGIN (True), or not (False); None: SQLAlchemy begins none."""
 
@@ -63,7 +79,7 @@ def _sqlite_setup(engine: AsyncEngine, immediate: bool | None) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (see below).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in pragmas:
             cur.execute(pragma)
         cur.close()
 
@@ -108,20 +124,24 @@ class Database:
         # transactions, in the same trips to the database as their first and last
         # statements: to SQLAlchemy their connections are in autocommit mode.
         batch_kw = {**kw, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
-        if not self.is_sqlite:
+        if self.is_sqlite:
+            batch_kw["module"] = sqlite_driver.dbapi(inline=True)
+        else:
             batch_kw["pool_pre_ping"] = False  # a dead connection fails the batch, retried
         self.batch_engine = create_async_engine(self.url, **batch_kw)
         if self.is_sqlite:
             _sqlite_setup(self.engine, immediate=True)
             self.read_engine = create_async_engine(self.url, **kw)
             _sqlite_setup(self.read_engine, immediate=False)
-            _sqlite_setup(self.batch_engine, immediate=None)
+            _sqlite_setup(self.batch_engine, immediate=None, pragmas=SQLITE_INLINE_PRAGMAS)
             self._write_lock = asyncio.Lock()
         else:
             self.read_engine = self.engine
         self._writes = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         # Storing incoming events and recording sent messages: a connection of their own.
-        self.writer = messages.Writer(self.url, self.is_sqlite, self._write_lock, SQLITE_PRAGMAS)
+        self.writer = messages.Writer(
+            self.url, self.is_sqlite, self._write_lock, SQLITE_INLINE_PRAGMAS
+        )
         self.sessions = async_sessionmaker(
             self.read_engine, class_=AsyncSession, expire_on_commit=False
         )

@@ -2,17 +2,20 @@
 
 Every event that arrives and every message that leaves goes through these, thousands a
 second. Through SQLAlchemy each statement would cost far more than the database's own
-work (and on SQLite, a trip to SQLite's thread each), so they run on the driver's
-connection: on SQLite a whole group of statements is one trip to SQLite's thread; on
-PostgreSQL they are asyncpg's prepared statements. Values are converted by the columns'
-own SQLAlchemy types, so what is written here reads back the same through the ORM.
+work, so they run on the driver's connection: on SQLite a whole group of statements is
+one call, made on the event loop's thread (storage/sqlite_driver.py, `InlineConnection`:
+no trip to SQLite's thread, whose waits would hold the write lock); on PostgreSQL they
+are asyncpg's prepared statements. Values are converted by the columns' own SQLAlchemy
+types, so what is written here reads back the same through the ORM.
 
 - `Writer` — short transactions of their own: storing incoming events (the inbox), and
   recording messages as sent. A dedicated connection (SQLite) or pool (PostgreSQL). On
   SQLite, where one writer runs at a time, what is asked while another write holds the
-  lock waits and goes together, in one transaction: made by the next batch, first in
-  its first trip, when a batch is next in line for the lock (one trip to SQLite's thread
-  and one turn of the lock fewer), or by the writer itself otherwise.
+  lock waits and goes together, in one transaction: made by the next batch before it
+  begins, when a batch is next in line for the lock (one turn of the lock fewer), or by
+  the writer itself otherwise. Its connections do not checkpoint the WAL (that flushes
+  the disk: not on the loop's thread); the writer does, in a thread, once a second at
+  most while they write.
 - `Batch` — a conversation batch's transaction (bot/conversation.py): `load` begins it
   and reads the conversations and their pending events, `write` writes the states, the
   inbox marks and the outgoing messages and commits, in the same trips. The ORM session
@@ -22,6 +25,7 @@ own SQLAlchemy types, so what is written here reads back the same through the OR
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -37,10 +41,13 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import jsonio
+from storage import jsonio, sqlite_driver
 from storage.models import Conversation, InboxEvent, OutboxMessage
 
+log = logging.getLogger(__name__)
+
 Key = tuple[str, str]  # (channel, user key)
+CHECKPOINT_EVERY = 1.0  # seconds: the WAL is checkpointed this often at most
 
 CONVERSATION_COLUMNS = (
     "id", "channel", "user_key", "citizen_id", "lang", "flow_version_id", "step", "vars",
@@ -235,23 +242,6 @@ def _sqlite_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ())
 Started = tuple[list[Any], list[Any], list[Any], list[Any]]
 
 
-def _sqlite_load(
-    conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any], queued: Queued
-) -> tuple[list[list[Any]] | Exception, Started | Exception]:
-    """The writer's queued writes, committed first (their callers answer as soon as they
-    are kept), then the batch's start; the outcome of each."""
-    outcome: list[list[Any]] | Exception = []
-    if queued:
-        try:
-            outcome = _sqlite_queued(conn, queued)
-        except Exception as exc:
-            outcome = exc
-    try:
-        return outcome, _sqlite_begin(conn, keys, new)
-    except Exception as exc:
-        return outcome, exc
-
-
 def _sqlite_begin(conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any]) -> Started:
     """Begin the batch's transaction; the rows it starts from (conversations that do not
     exist yet are created)."""
@@ -389,18 +379,30 @@ class Queued:
 class Writer:
     """Short transactions of the message path on a connection of their own."""
 
-    def __init__(self, url: str, is_sqlite: bool, write_lock: Any, pragmas: list[str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        is_sqlite: bool,
+        write_lock: Any,
+        pragmas: list[str],
+        checkpoint_every: float = CHECKPOINT_EVERY,
+    ) -> None:
         self.url = url
         self.is_sqlite = is_sqlite
         self._lock = write_lock
         self._pragmas = pragmas
-        self._sqlite: aiosqlite.Connection | None = None
+        self._sqlite: sqlite_driver.InlineConnection | None = None
         self._pg: asyncpg.Pool | None = None
         # SQLite: writes waiting for the lock, batches waiting for it, the task that
         # makes the writes when no batch does.
         self._queued = Queued()
         self.batches_waiting = 0
         self._flusher: asyncio.Task[None] | None = None
+        # SQLite: WAL checkpoints, on a connection of their own, in its thread.
+        self.checkpoint_every = checkpoint_every
+        self._unchecked = False  # committed since the last checkpoint began
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoints: aiosqlite.Connection | None = None
 
     def take(self) -> Queued:
         """The queued writes, for a batch that holds the write lock to make first."""
@@ -425,14 +427,38 @@ class Writer:
                     continue
                 try:
                     conn = await self._sqlite_conn()
-                    outcome: Any = await conn._execute(_sqlite_queued, conn._conn, queued)
+                    outcome: Any = await sqlite_driver.run(conn, _sqlite_queued, queued)
+                    self.committed()
                 except Exception as exc:
                     outcome = exc
                 queued.settle(outcome)
 
-    async def _sqlite_conn(self) -> aiosqlite.Connection:
+    def committed(self) -> None:
+        """A transaction of the message path's SQLite connections committed: the WAL is
+        checkpointed within `checkpoint_every` seconds."""
+        self._unchecked = True
+        if self._checkpointer is None or self._checkpointer.done():
+            self._checkpointer = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
+
+    async def _checkpoint(self) -> None:
+        while self._unchecked:
+            await asyncio.sleep(self.checkpoint_every)
+            self._unchecked = False
+            try:
+                if self._checkpoints is None:
+                    self._checkpoints = await aiosqlite.connect(
+                        make_url(self.url).database or "", isolation_level=None
+                    )
+                # PASSIVE: what it can without waiting for a reader or the writer.
+                await self._checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as exc:
+                log.warning("SQLite WAL checkpoint failed; trying again later: %r", exc)
+                self._unchecked = True
+
+    async def _sqlite_conn(self) -> sqlite_driver.InlineConnection:
         if self._sqlite is None:
-            conn = await aiosqlite.connect(make_url(self.url).database or "", isolation_level=None)
+            path = make_url(self.url).database or ""
+            conn = await sqlite_driver.inline_connect(path, isolation_level=None)
             for pragma in self._pragmas:
                 await conn.execute(pragma)
             self._sqlite = conn
@@ -485,6 +511,13 @@ class Writer:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()  # closing the last connection checkpoints anyway
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+            self._checkpointer = None
+        if self._checkpoints is not None:
+            await self._checkpoints.close()
+            self._checkpoints = None
         if self._sqlite is not None:
             await self._sqlite.close()
             self._sqlite = None
@@ -539,17 +572,9 @@ class Batch:
         self._open = True
         if self.is_sqlite:
             aio = await self._raw()
+            await self._sqlite_queued(aio)
             new = {"lang": lang, "at": SQLITE.conv_time(now)}
-            queued = self.writer.take() if self.writer is not None else Queued()
-            try:
-                outcome, started = await aio._execute(_sqlite_load, aio._conn, keys, new, queued)
-            except BaseException as exc:  # the trip itself failed: the writes may be lost
-                queued.settle(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
-                raise
-            queued.settle(outcome)
-            if isinstance(started, Exception):
-                raise started
-            convs, events, pointers, unsent = started
+            convs, events, pointers, unsent = await sqlite_driver.run(aio, _sqlite_begin, keys, new)
             conv_rows = [SQLITE.conversation(r) for r in convs]
             event_rows = [SQLITE.event(r) for r in events]
         else:
@@ -562,6 +587,25 @@ class Batch:
         for channel, recipient, message_id in unsent:
             out.unsent[(channel, recipient)].append(message_id)
         return out
+
+    async def _sqlite_queued(self, aio: Any) -> None:
+        """The writer's queued writes, committed before the batch begins (their callers
+        answer as soon as they are kept); their failure is theirs, not the batch's."""
+        queued = self.writer.take() if self.writer is not None else Queued()
+        if not queued:
+            return
+        try:
+            outcome: list[list[Any]] | Exception = await sqlite_driver.run(
+                aio, _sqlite_queued, queued
+            )
+        except Exception as exc:
+            outcome = exc
+        except BaseException:  # cancelled while waiting for another process's lock
+            queued.settle(RuntimeError("cancelled"))
+            raise
+        queued.settle(outcome)
+        if self.writer is not None and not isinstance(outcome, Exception):
+            self.writer.committed()
 
     async def _pg_load(
         self, keys: list[Key], lang: str, now: datetime, out: Loaded
@@ -667,6 +711,8 @@ class Batch:
                 [c.outbox_row(m) for m in changes.messages],
             )
             self._open = False
+            if self.writer is not None:
+                self.writer.committed()
             return ids  # type: ignore[no-any-return]
         conn: asyncpg.Connection = await self._raw()
         if changes.conversations:

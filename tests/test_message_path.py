@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlalchemy.engine import make_url
 from sqlmodel import select
 
 from bot import actions
 from bot.app import SERVICE, Service
 from bot.channels.base import TemporaryFailure, Undeliverable
 from bot.clock import ManualClock
+from storage import messages
 from storage.models import Dossier, InboxEvent, OutboxMessage, Rating
 from tests.chat import ChatClient, question, texts
 from tests.factories import COMPLETED, COMPLETED_2, small_province
@@ -363,3 +370,95 @@ async def test_a_conversation_failing_after_table_work_does_not_hold_back_its_ba
         assert len((await s.exec(select(Rating))).all()) == 2
     for c in citizens:
         await c.http.close()
+
+
+def _sqlite_path(service: Service) -> Path:
+    if not service.db.is_sqlite:
+        pytest.skip("SQLite's write lock and WAL")
+    return Path(make_url(service.db.url).database or "")
+
+
+class OtherProcess:
+    """Another process's connection to the same SQLite file, in a thread of its own: it
+    takes the write lock, holds it for `hold` seconds, then commits and lets go."""
+
+    def __init__(self, path: Path, hold: float) -> None:
+        self.path = path
+        self.hold = hold
+        self.locked = threading.Event()
+        self.released = threading.Event()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self.locked.set()
+            time.sleep(self.hold)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+            self.released.set()
+
+    async def __aenter__(self) -> OtherProcess:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert await asyncio.to_thread(self.locked.wait, 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.thread.join)
+
+
+async def test_a_write_lock_held_by_another_process_is_waited_for_while_the_bot_stays_up(
+    http: TestClient, chat: ChatClient, clock: ManualClock
+) -> None:
+    """SQLite: another process (a report, a second bot) holds the write lock. The
+    citizen's message waits for it, off the event loop: the bot answers other requests
+    meanwhile, and the message is kept and answered once the lock is free. The same for
+    a conversation batch that finds the lock taken when it begins."""
+    service = http.server.app[SERVICE]
+    path = _sqlite_path(service)
+    assert texts(await chat.say("xin chào")).startswith("Xin chào anh/chị!")
+    async with OtherProcess(path, hold=1.5) as other:
+        sent = asyncio.create_task(chat.post({"text": "hướng dẫn"}))
+        await asyncio.sleep(0.1)
+        assert (await http.get("/healthz")).status == 200
+        assert not other.released.is_set()  # answered while the message waits for the lock
+        assert not sent.done()  # not acknowledged before it is kept
+    await sent
+    assert "hướng dẫn" in texts(await chat.replies()).lower()
+
+    key = ("webchat", "a-citizen-of-another-process")
+
+    async def first_batch() -> messages.Loaded:
+        async with service.db.batch() as conn:
+            rows = messages.Batch(conn, True, service.db.writer)
+            loaded = await rows.load([key], "vi", clock.now())
+            await rows.write(messages.Changes(), clock.now())
+            return loaded
+
+    async with OtherProcess(path, hold=1.5) as other:
+        batch = asyncio.create_task(first_batch())
+        await asyncio.sleep(0.1)
+        assert (await http.get("/healthz")).status == 200
+        assert not other.released.is_set() and not batch.done()
+    assert key in (await batch).conversations  # made for its first message
+
+
+async def test_the_database_file_is_kept_up_to_date_not_only_its_wal(
+    http: TestClient, chat: ChatClient
+) -> None:
+    """SQLite: what the message path commits reaches the database file itself within
+    moments (a WAL checkpoint), so the WAL does not grow while the bot runs: a copy of
+    the file alone, without its WAL, holds every stored event."""
+    service = http.server.app[SERVICE]
+    path = _sqlite_path(service)
+    service.db.writer.checkpoint_every = 0.05
+    for text in ("xin chào", "menu", "hướng dẫn"):
+        await chat.say(text)
+    await asyncio.sleep(0.3)
+    copy = path.with_name("copy-without-wal.db")
+    shutil.copyfile(path, copy)
+    with sqlite3.connect(copy) as conn:
+        kept = conn.execute("SELECT text FROM inbox WHERE kind = 'text' ORDER BY id").fetchall()
+    assert [t for (t,) in kept] == ["xin chào", "menu", "hướng dẫn"]
