@@ -228,7 +228,7 @@ _SET_SENT = (
 )
 
 
-# ---------------------------------------------------------------- SQLite, in SQLite's thread
+# ---------------------------------------------------------------- SQLite (sqlite3 calls)
 
 
 def _sqlite_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -471,6 +471,7 @@ class Writer:
                 min_size=1,
                 max_size=4,
                 init=_pg_codecs,
+                reset=_pg_unchanged,
             )
         return self._pg
 
@@ -502,9 +503,14 @@ class Writer:
             await self._enqueue("sent", [(SQLITE.outbox_time(at), pid, i) for i, at, pid in sent])
             return
         pool = await self._pg_pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.executemany(
-                _SET_SENT.format("$1", "$2", "$3"), [(at, pid, i) for i, at, pid in sent]
+        async with pool.acquire() as conn:  # one statement: all of them or none
+            await conn.execute(
+                "UPDATE outbox SET status = 'sent', sent_at = s.at, platform_message_id = s.pid, "
+                "last_error = NULL FROM unnest($1::int[], $2::timestamptz[], $3::text[]) "
+                "AS s(id, at, pid) WHERE outbox.id = s.id AND outbox.status = 'sending'",
+                [i for i, _, _ in sent],
+                [at for _, at, _ in sent],
+                [pid for _, _, pid in sent],
             )
 
     async def close(self) -> None:
@@ -524,6 +530,11 @@ class Writer:
         if self._pg is not None:
             await self._pg.close()
             self._pg = None
+
+
+async def _pg_unchanged(conn: asyncpg.Connection) -> None:
+    """The writer's connections change no session state: nothing to reset when one goes
+    back to the pool (asyncpg's default reset is one more round trip every time)."""
 
 
 async def _pg_codecs(conn: asyncpg.Connection) -> None:
