@@ -31,8 +31,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import jsonio, messages, sqlite_driver
 
-SQLITE_BUSY_TIMEOUT_MS = sqlite_driver.BUSY_TIMEOUT_MS
-
 
 def async_url(url: str, base_dir: Path | None = None) -> str:
     """Turn a configured URL into one for the async driver; resolve relative SQLite paths."""
@@ -51,21 +49,11 @@ def async_url(url: str, base_dir: Path | None = None) -> str:
     return u.render_as_string(hide_password=False)
 
 
-SQLITE_PRAGMAS = [
-    "PRAGMA journal_mode=WAL",
-    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA foreign_keys=ON",
-]
+_SQLITE_PRAGMAS = ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON"]
+SQLITE_PRAGMAS = [*_SQLITE_PRAGMAS, f"PRAGMA busy_timeout={sqlite_driver.BUSY_TIMEOUT_MS}"]
 # Connections whose statements run on the event loop's thread: they never wait for a lock
 # there (sqlite_driver.run waits in a thread) nor checkpoint (messages.Writer does).
-SQLITE_INLINE_PRAGMAS = [
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA busy_timeout=0",
-    "PRAGMA wal_autocheckpoint=0",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA foreign_keys=ON",
-]
+SQLITE_INLINE_PRAGMAS = [*_SQLITE_PRAGMAS, "PRAGMA busy_timeout=0", "PRAGMA wal_autocheckpoint=0"]
 
 
 def _sqlite_setup(
@@ -121,8 +109,8 @@ class Database:
         self.engine = create_async_engine(self.url, **kw)
         self._write_lock: asyncio.Lock | None = None
         # The message path's batches (storage/messages.py) begin and commit their own
-        # transactions, in the same trips to the database as their first and last
-        # statements: to SQLAlchemy their connections are in autocommit mode.
+        # transactions, with their first and last statements (in one call on SQLite, in
+        # the same round trips on PostgreSQL): to SQLAlchemy, autocommit connections.
         batch_kw = {**kw, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
         if self.is_sqlite:
             batch_kw["module"] = sqlite_driver.dbapi(inline=True)

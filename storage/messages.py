@@ -18,7 +18,7 @@ types, so what is written here reads back the same through the ORM.
   most while they write.
 - `Batch` — a conversation batch's transaction (bot/conversation.py): `load` begins it
   and reads the conversations and their pending events, `write` writes the states, the
-  inbox marks and the outgoing messages and commits, in the same trips. The ORM session
+  inbox marks and the outgoing messages and commits, in the same calls. The ORM session
   of the batch's table actions runs on the same connection, inside that transaction.
 """
 
@@ -446,19 +446,20 @@ class Writer:
             self._unchecked = False
             try:
                 if self._checkpoints is None:
-                    self._checkpoints = await aiosqlite.connect(
-                        make_url(self.url).database or "", isolation_level=None
-                    )
+                    self._checkpoints = await aiosqlite.connect(self._path, isolation_level=None)
                 # PASSIVE: what it can without waiting for a reader or the writer.
                 await self._checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except Exception as exc:
                 log.warning("SQLite WAL checkpoint failed; trying again later: %r", exc)
                 self._unchecked = True
 
+    @property
+    def _path(self) -> str:
+        return make_url(self.url).database or ""
+
     async def _sqlite_conn(self) -> sqlite_driver.InlineConnection:
         if self._sqlite is None:
-            path = make_url(self.url).database or ""
-            conn = await sqlite_driver.inline_connect(path, isolation_level=None)
+            conn = await sqlite_driver.inline_connect(self._path, isolation_level=None)
             for pragma in self._pragmas:
                 await conn.execute(pragma)
             self._sqlite = conn

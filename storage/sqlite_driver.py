@@ -34,7 +34,8 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 
 
 def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> tuple:
-    """In SQLite's thread: the whole statement, with what the cursor reports."""
+    """In one call (in SQLite's thread, or the loop's for an `InlineConnection`): the
+    whole statement, with what the cursor reports."""
     cursor = conn.cursor()
     try:
         if many:
@@ -116,17 +117,14 @@ BUSY_TIMEOUT_MS = 10_000  # how long a connection waits for a lock another one h
 
 
 async def run(
-    aio: aiosqlite.Connection,
+    aio: InlineConnection,
     fn: Callable[..., T],
     *args: Any,
     busy_timeout_ms: int = BUSY_TIMEOUT_MS,
 ) -> T:
-    """`fn(aio's sqlite3 connection, *args)`, on the loop's thread when `aio` is an
-    `InlineConnection`. If it finds a lock taken (then it must have done nothing, or
-    undone what it did), it is run again in the connection's thread, which waits up to
-    `busy_timeout_ms` for the lock."""
-    if not isinstance(aio, InlineConnection):
-        return await aio._execute(fn, aio._conn, *args)  # type: ignore[no-any-return]
+    """`fn(aio's sqlite3 connection, *args)`, on the loop's thread. If it finds a lock
+    taken (then it must have done nothing, or undone what it did), it is run again in the
+    connection's thread, which waits up to `busy_timeout_ms` for the lock."""
     try:
         return fn(aio._conn, *args)
     except sqlite3.OperationalError as exc:
