@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 # ---------------------------------------------------------------- administration
@@ -341,6 +341,15 @@ class InboxEvent(SQLModel, table=True):
         UniqueConstraint("channel", "platform_id"),
         Index("ix_inbox_pending", "status", "id"),
         Index("ix_inbox_conversation", "channel", "user_key", "status", "id"),
+        # Only the events still waiting: what a batch looks up (migration 0009).
+        Index(
+            "ix_inbox_waiting",
+            "channel",
+            "user_key",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
     )
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=20)
@@ -383,6 +392,15 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
         Index("ix_outbox_recipient", "channel", "recipient", "status", "id"),
+        # Only the messages not sent yet: what a batch looks up (migration 0009).
+        Index(
+            "ix_outbox_unsent",
+            "channel",
+            "recipient",
+            "id",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+            sqlite_where=text("status IN ('pending', 'sending')"),
+        ),
     )
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=20)
