@@ -322,6 +322,7 @@ class ConversationService:
                         len(keys),
                         exc,
                     )
+                batch = Processed()  # what the undone attempt counted went with it
                 for key in keys:
                     one = await self.process([key], known)
                     batch.events += one.events

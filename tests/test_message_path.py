@@ -332,8 +332,16 @@ async def test_a_conversation_failing_after_table_work_does_not_hold_back_its_ba
     for c in citizens:
         await c.post({"payload": "skip", "title": "Bỏ qua", "turn": c.current_turn()})
     async with service.db.sessions() as s:
-        pending = list(await s.exec(select(InboxEvent).where(InboxEvent.status == "pending")))
-    keys = [(e.channel, e.user_key) for e in pending]  # the two citizens
+        pending = list(
+            await s.exec(
+                select(InboxEvent)
+                .where(InboxEvent.status == "pending")
+                .order_by(InboxEvent.id.desc())  # type: ignore[union-attr]
+            )
+        )
+    # The two citizens, the one whose rating is saved first: its work in the batch is
+    # undone with the batch's, and counted once, when it is run again alone.
+    keys = [(e.channel, e.user_key) for e in pending]
     assert len(keys) == 2
     batch = await service.conversations.process(keys)
     assert batch.events == 1 and len(batch.failed) == 1
