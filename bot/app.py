@@ -95,8 +95,10 @@ def build_service(
         db, settings, clock, flows, on_outbox=sender.wake, metrics=metrics, nlu=nlu,
         calendar=calendar, sender=sender,
     )  # fmt: skip
-    # SQLite has one writer: one batch at a time. PostgreSQL runs batches side by side.
-    dispatcher = Dispatcher(conversations, db, clock, workers=1 if db.is_sqlite else 4)
+    # One batch at a time, on SQLite (one writer) and on PostgreSQL alike: what arrives
+    # while a batch runs makes the next one larger. Side by side on PostgreSQL, batches
+    # came smaller, each paying its round trips (4 workers: ~15% fewer events/s).
+    dispatcher = Dispatcher(conversations, db, clock)
     ingress = Ingress(db, dispatcher, clock, metrics)
     for channel in channels.values():
         if hasattr(channel, "ingress"):

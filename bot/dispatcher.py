@@ -3,8 +3,8 @@
 `notify(channel, user)` says a conversation has new inbox events. Workers take the
 conversations notified so far (up to `batch` of them, none already being run) and hand
 them to `ConversationService.process`, which handles them in one transaction; what was
-notified meanwhile goes in the next batch. On SQLite one worker runs (there is one
-writer anyway); on PostgreSQL several.
+notified meanwhile goes in the next batch. The bot runs one worker, on SQLite (there
+is one writer anyway) and on PostgreSQL (several processes share the work there).
 
 An event waiting for an external call (Rasa) holds its conversation while the call runs
 here, outside any transaction; the conversation is then run again with the outcome. A
