@@ -30,7 +30,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
@@ -226,6 +226,69 @@ _SET_SENT = (
     "UPDATE outbox SET status = 'sent', sent_at = {0}, platform_message_id = {1}, "
     "last_error = NULL WHERE id = {2} AND status = 'sending'"
 )
+
+
+# A PostgreSQL batch's start in one statement: the conversations asked for (locked,
+# those another process holds skipped), their pending events in order, their unsent
+# messages, and (with $3) the flows' current versions; one row layout for all four,
+# told apart by the first column.
+_CONV, _EVENT, _UNSENT, _FLOW = range(4)
+_LOAD_SLOTS = {  # the conversation's columns first, in their order
+    "id": "int", "channel": "text", "user_key": "text", "citizen_id": "int", "lang": "text",
+    "flow_version_id": "int", "step": "text", "vars": "json", "started_at": "timestamptz",
+    "updated_at": "timestamptz", "kind": "text", "text": "text", "payload": "text",
+    "turn": "int", "attempts": "int", "flow": "text", "version": "int",
+}  # fmt: skip
+assert tuple(_LOAD_SLOTS)[: len(CONVERSATION_COLUMNS)] == CONVERSATION_COLUMNS
+
+
+def _load_branch(kind: int, source: str, given: dict[str, str]) -> str:
+    cols = [given.get(slot, f"NULL::{type_}") for slot, type_ in _LOAD_SLOTS.items()]
+    return f"SELECT {kind}, {', '.join(cols)} FROM {source}"
+
+
+_SLOT_AT = {slot: i for i, slot in enumerate(_LOAD_SLOTS, 1)}
+_CONV_END = 1 + len(CONVERSATION_COLUMNS)
+_ID, _USER = _SLOT_AT["id"], _SLOT_AT["user_key"]
+_EVENT_AT = [_SLOT_AT[c] for c in EVENT_COLUMNS]
+_FLOW_ID, _FLOW_VERSION = _SLOT_AT["flow"], _SLOT_AT["version"]
+_PG_LOAD = (
+    f"WITH c AS ({_CONV_SELECT} WHERE channel = $1 AND user_key = ANY($2::text[]) "
+    "FOR UPDATE SKIP LOCKED) "
+    + " UNION ALL ".join(
+        [
+            _load_branch(_CONV, "c", {c: c for c in CONVERSATION_COLUMNS}),
+            _load_branch(
+                _EVENT,
+                "inbox WHERE channel = $1 AND user_key = ANY($2::text[]) AND status = 'pending'",
+                {c: c for c in EVENT_COLUMNS},
+            ),
+            _load_branch(
+                _UNSENT,
+                "outbox WHERE channel = $1 AND recipient = ANY($2::text[]) "
+                "AND status IN ('pending', 'sending')",
+                {"id": "id", "user_key": "recipient"},
+            ),
+            _load_branch(_FLOW, "flow WHERE $3", {"flow": "id", "version": "current_version_id"}),
+        ]
+    )
+    + " ORDER BY 1, 2"
+)
+
+
+def _pg_done_and_commit(done: list[int], now: datetime) -> str:
+    """The events handled marked done, and COMMIT, in one trip: a simple query, planned
+    each time. (As a prepared statement its plan, made while the inbox was small, stayed a
+    scan of the whole table: a new database has no statistics until autovacuum's first
+    ANALYZE.) Only integers and a timestamp are written into it."""
+    if not done:
+        return "COMMIT"
+    ids = ",".join(str(int(i)) for i in done)
+    at = now.astimezone(UTC).isoformat()
+    return (
+        f"UPDATE inbox SET status = 'done', processed_at = '{at}'::timestamptz "
+        f"WHERE id = ANY('{{{ids}}}'::int[]); COMMIT"
+    )
 
 
 # ---------------------------------------------------------------- SQLite (sqlite3 calls)
@@ -629,17 +692,12 @@ class Batch:
         convs: list[ConversationRow] = []
         events: list[EventRow] = []
         unsent: list[Any] = []
-        for channel, users in _groups(keys).items():
-            found = [
-                PG.conversation(r)
-                for r in await conn.fetch(
-                    f"{_CONV_SELECT} WHERE channel = $1 AND user_key = ANY($2::text[]) "
-                    "FOR UPDATE SKIP LOCKED",
-                    channel,
-                    users,
-                )
-            ]
-            missing = list(set(users) - {c.user_key for c in found})
+        pointers: list[Any] = []
+        for n, (channel, users) in enumerate(_groups(keys).items()):
+            rows = await conn.fetch(_PG_LOAD, channel, users, n == 0)
+            found = [PG.conversation(r[1:_CONV_END]) for r in rows if r[0] == _CONV]
+            mine = {c.user_key for c in found}
+            missing = [u for u in users if u not in mine]
             if missing:
                 # Held by another process, or not there yet (then made here).
                 for r in await conn.fetch(
@@ -670,32 +728,27 @@ class Batch:
                     now,
                 )
                 found += [PG.conversation(r) for r in made]
+                mine |= {r["user_key"] for r in made}
                 for user_key in set(missing) - {r["user_key"] for r in made}:
                     out.elsewhere.add((channel, user_key))  # made by another process just now
                 used = {r["citizen_id"] for r in made}
                 if unused := [r["id"] for r in citizens if r["id"] not in used]:
                     await conn.execute("DELETE FROM citizen WHERE id = ANY($1::int[])", unused)
             convs += found
-            mine = [c.user_key for c in found]
-            events += [
-                PG.event(r)
-                for r in await conn.fetch(
-                    f"{_EVENT_SELECT} WHERE channel = $1 AND user_key = ANY($2::text[]) "
-                    "AND status = 'pending' ORDER BY id",
-                    channel,
-                    mine,
-                )
+            # The events and unsent messages of the conversations held here (those another
+            # process holds are its own); a conversation made just now had its events read
+            # in the same statement, before it existed.
+            for r in rows:
+                if r[0] == _EVENT and r[_USER] in mine:
+                    events.append(PG.event([r[c] for c in _EVENT_AT]))
+                elif r[0] == _UNSENT and r[_USER] in mine:
+                    unsent.append((channel, r[_USER], r[_ID]))
+                elif r[0] == _FLOW:
+                    pointers.append((r[_FLOW_ID], r[_FLOW_VERSION]))
+        if not keys:
+            pointers = [
+                tuple(r) for r in await conn.fetch("SELECT id, current_version_id FROM flow")
             ]
-            unsent += [
-                (channel, r["recipient"], r["id"])
-                for r in await conn.fetch(
-                    "SELECT recipient, id FROM outbox WHERE channel = $1 AND recipient = "
-                    "ANY($2::text[]) AND status IN ('pending', 'sending')",
-                    channel,
-                    mine,
-                )
-            ]
-        pointers = [tuple(r) for r in await conn.fetch("SELECT id, current_version_id FROM flow")]
         return convs, events, pointers, unsent
 
     async def write(self, changes: Changes, now: datetime) -> list[int]:
@@ -732,12 +785,6 @@ class Batch:
                 _SET_STATE.format("$1", "$2", "$3", "$4::json", "$5", "$6"),
                 [PG.state(conv) for conv in changes.conversations],
             )
-        if changes.done:
-            await conn.execute(
-                "UPDATE inbox SET status = 'done', processed_at = $1 WHERE id = ANY($2::int[])",
-                now,
-                changes.done,
-            )
         if changes.failures:
             await conn.executemany(
                 _SET_FAILURE.format("$1", "$2", "$3", "$4", "$5"),
@@ -749,7 +796,7 @@ class Batch:
         ids: list[int] = []
         if changes.messages:
             ids = await self._pg_messages(conn, changes.messages)
-        await conn.execute("COMMIT")
+        await conn.execute(_pg_done_and_commit(changes.done, now))
         self._open = False
         return ids
 
