@@ -470,3 +470,91 @@ async def test_the_database_file_is_kept_up_to_date_not_only_its_wal(
     with sqlite3.connect(copy) as conn:
         kept = conn.execute("SELECT text FROM inbox WHERE kind = 'text' ORDER BY id").fetchall()
     assert [t for (t,) in kept] == ["xin chào", "menu", "hướng dẫn"]
+
+
+async def test_a_batch_starts_from_its_conversations_pending_events_and_unsent_messages(
+    http: TestClient, service: Service, clock: ManualClock, db_url: str
+) -> None:
+    """What a batch loads, on both backends: the conversations asked for (made for a first
+    message, on any channel), only their pending events, in order, their unsent messages,
+    the flows' versions; on PostgreSQL a conversation another process holds is left to it,
+    its events too."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    from storage.models import Citizen, Conversation, Flow
+
+    now = clock.now()
+    pg = db_url.startswith("postgresql")
+    async with service.db.transaction() as s:
+        convs = {}
+        for user in ("u1", "held"):
+            citizen = Citizen(created_at=now)
+            s.add(citizen)
+            await s.flush()
+            conv = Conversation(
+                channel="zalo", user_key=user, citizen_id=citizen.id, started_at=now, updated_at=now
+            )
+            s.add(conv)
+            await s.flush()
+            convs[user] = conv.id
+        for user, status in [("u1", "pending"), ("u1", "sent"), ("held", "pending")]:
+            s.add(
+                OutboxMessage(
+                    channel="zalo", recipient=user, conversation_id=convs[user],
+                    body={"text": "x"}, status=status, next_attempt_at=now, created_at=now,
+                )
+            )  # fmt: skip
+        for n, (channel, user, status) in enumerate(
+            [
+                ("zalo", "u1", "pending"),
+                ("zalo", "u1", "done"),
+                ("zalo", "held", "pending"),
+                ("telegram", "t1", "pending"),
+                ("zalo", "u1", "pending"),
+            ]
+        ):
+            s.add(
+                InboxEvent(
+                    channel=channel, platform_id=f"e{n}", user_key=user, kind="text",
+                    text=f"event {n}", received_at=now, status=status,
+                )
+            )  # fmt: skip
+    async with service.db.sessions() as s:
+        events = {e.platform_id: e.id for e in (await s.exec(select(InboxEvent))).all()}
+        unsent = (
+            await s.exec(
+                select(OutboxMessage.id).where(
+                    OutboxMessage.recipient == "u1", OutboxMessage.status == "pending"
+                )
+            )
+        ).all()
+        flows = {f.id: f.current_version_id for f in (await s.exec(select(Flow))).all()}
+    assert flows
+
+    holder = None
+    if pg:  # another process holds "held"
+        holder = await asyncpg.connect(db_url.replace("postgresql+asyncpg", "postgresql"))
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT 1 FROM conversation WHERE user_key = 'held' FOR UPDATE")
+    keys = [("zalo", "u1"), ("zalo", "held"), ("telegram", "t1")] if pg else [
+        ("zalo", "u1"), ("telegram", "t1")
+    ]  # fmt: skip
+    try:
+        async with service.db.batch() as conn:
+            batch = messages.Batch(conn, service.db.is_sqlite, service.db.writer)
+            loaded = await batch.load(keys, "vi", now)
+            await batch.rollback()
+    finally:
+        if holder is not None:
+            await holder.close()
+
+    assert set(loaded.conversations) == {("zalo", "u1"), ("telegram", "t1")}
+    assert loaded.conversations[("zalo", "u1")].id == convs["u1"]
+    assert {k: [e.id for e in v] for k, v in loaded.events.items() if v} == {
+        ("zalo", "u1"): [events["e0"], events["e4"]],
+        ("telegram", "t1"): [events["e3"]],
+    }
+    assert loaded.events[("telegram", "t1")][0].text == "event 3"
+    assert {k: v for k, v in loaded.unsent.items() if v} == {("zalo", "u1"): [unsent[0]]}
+    assert loaded.pointers == flows
+    assert loaded.elsewhere == ({("zalo", "held")} if pg else set())
