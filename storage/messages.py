@@ -642,7 +642,8 @@ class Batch:
 
     async def load(self, keys: list[Key], lang: str, now: datetime) -> Loaded:
         """The conversations (locked; created for a first message), their pending events,
-        the flows' current versions, and the recipients' unsent messages."""
+        the flows' current versions, and the recipients' unsent messages; `keys` are one
+        or more (a batch is never empty)."""
         out = Loaded()
         self._open = True
         if self.is_sqlite:
@@ -745,10 +746,6 @@ class Batch:
                     unsent.append((channel, r[_USER], r[_ID]))
                 elif r[0] == _FLOW:
                     pointers.append((r[_FLOW_ID], r[_FLOW_VERSION]))
-        if not keys:
-            pointers = [
-                tuple(r) for r in await conn.fetch("SELECT id, current_version_id FROM flow")
-            ]
         return convs, events, pointers, unsent
 
     async def write(self, changes: Changes, now: datetime) -> list[int]:

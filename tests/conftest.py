@@ -38,12 +38,12 @@ API_TOKEN = "test-token-0123456789abcdef"
 T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 
 
-def _asyncpg_dsn(url: str) -> str:
+def asyncpg_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(_asyncpg_dsn(PG_ADMIN_URL), timeout=5)
+    conn = await asyncpg.connect(asyncpg_dsn(PG_ADMIN_URL), timeout=5)
     try:
         await conn.execute(sql)
     finally:

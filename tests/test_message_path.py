@@ -482,6 +482,7 @@ async def test_a_batch_starts_from_its_conversations_pending_events_and_unsent_m
     import asyncpg  # type: ignore[import-untyped]
 
     from storage.models import Citizen, Conversation, Flow
+    from tests.conftest import asyncpg_dsn
 
     now = clock.now()
     pg = db_url.startswith("postgresql")
@@ -533,7 +534,7 @@ async def test_a_batch_starts_from_its_conversations_pending_events_and_unsent_m
 
     holder = None
     if pg:  # another process holds "held"
-        holder = await asyncpg.connect(db_url.replace("postgresql+asyncpg", "postgresql"))
+        holder = await asyncpg.connect(asyncpg_dsn(db_url))
         await holder.execute("BEGIN")
         await holder.execute("SELECT 1 FROM conversation WHERE user_key = 'held' FOR UPDATE")
     keys = [("zalo", "u1"), ("zalo", "held"), ("telegram", "t1")] if pg else [
