@@ -62,20 +62,19 @@ UNSUPPORTED = {
 }
 
 
-def signatures(settings: ZaloSettings, body: bytes, timestamp: str) -> dict[str, str]:
-    """The accepted signatures of a webhook body, by variant."""
-
-    def mac(prefix: str, key: str) -> str:
-        return hashlib.sha256(
-            prefix.encode() + body + timestamp.encode() + key.encode()
-        ).hexdigest()
-
-    out = {"app_id": mac(settings.app_id, settings.oa_secret_key)}
+def signature_keys(settings: ZaloSettings) -> dict[str, tuple[str, str]]:
+    """The accepted ways of signing a webhook body, by variant: (what comes before the
+    body, the key after the timestamp)."""
+    out = {"app_id": (settings.app_id, settings.oa_secret_key)}
     if settings.oa_id:
-        out["oa_id"] = mac(settings.oa_id, settings.oa_secret_key)
+        out["oa_id"] = (settings.oa_id, settings.oa_secret_key)
     if settings.app_secret:
-        out["app_secret"] = mac(settings.app_id, settings.app_secret)
+        out["app_secret"] = (settings.app_id, settings.app_secret)
     return out
+
+
+def mac(prefix: str, body: bytes, timestamp: str, key: str) -> str:
+    return hashlib.sha256(prefix.encode() + body + timestamp.encode() + key.encode()).hexdigest()
 
 
 class ZaloTokens:
@@ -249,6 +248,8 @@ class ZaloOA:
         self.tokens = ZaloTokens(db, settings, clock)
         self.limiter = AsyncLimiter(settings.rate_per_minute, 60)
         self.http: aiohttp.ClientSession | None = None
+        # The ways of signing a body, the one that matched last first.
+        self._signing = list(signature_keys(settings).items())
         self._variants_seen: set[str] = set()
 
     async def start(self) -> None:
@@ -311,8 +312,10 @@ class ZaloOA:
         given = header.strip().removeprefix("mac=").strip().lower()
         if not given or not timestamp:
             return None
-        for variant, expected in signatures(self.settings, raw, timestamp).items():
-            if hmac.compare_digest(given.encode(), expected.encode()):
+        for i, (variant, (prefix, key)) in enumerate(self._signing):
+            if hmac.compare_digest(given.encode(), mac(prefix, raw, timestamp, key).encode()):
+                if i:  # tried first from now on
+                    self._signing.insert(0, self._signing.pop(i))
                 if variant not in self._variants_seen:
                     self._variants_seen.add(variant)
                     log.info("zalo webhook: signatures match the %r variant", variant)
@@ -370,12 +373,12 @@ class ZaloOA:
                 try:
                     async with self.http.post(
                         f"{self.settings.api_base}{path}",
-                        json=body,
-                        headers={"access_token": token},
+                        data=jsonio.dumpb(body),
+                        headers={"access_token": token, "Content-Type": "application/json"},
                     ) as r:
                         if r.status >= 500:
                             raise TemporaryFailure(f"zalo: HTTP {r.status}")
-                        data = await r.json(loads=jsonio.loads, content_type=None)
+                        data = jsonio.loads(await r.read())
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     raise TemporaryFailure(f"zalo: {type(exc).__name__}: {exc}") from exc
             code = int(data.get("error", 0)) if isinstance(data, dict) else -1
