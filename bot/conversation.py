@@ -534,6 +534,7 @@ class ConversationService:
         changes = messages.Changes(
             conversations=list(out.conversations.values()), done=out.done, failures=out.retries
         )
+        lease_until = now + LEASE
         for conv, body in out.messages:
             now_sending = (conv.channel, conv.user_key) in ready
             out.waiting |= not now_sending
@@ -546,7 +547,7 @@ class ConversationService:
                     "status": "sending" if now_sending else "pending",
                     "attempts": 1 if now_sending else 0,
                     "next_attempt_at": now,
-                    "claimed_until": now + LEASE if now_sending else None,
+                    "claimed_until": lease_until if now_sending else None,
                     "created_at": now,
                 }
             )

@@ -35,7 +35,7 @@ from typing import Any
 
 import aiosqlite
 import asyncpg
-from sqlalchemy import Table
+from sqlalchemy import DateTime, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
@@ -147,6 +147,9 @@ class _Types:
 
     def bind(self, table: Table, column: str) -> Callable[[Any], Any]:
         proc = table.c[column].type._cached_bind_processor(self.dialect)
+        kind = table.c[column].type
+        if proc is not None and isinstance(getattr(kind, "impl_instance", kind), DateTime):
+            return _remembering(proc)
         return proc or _same
 
     def result(self, table: Table, column: str) -> Callable[[Any], Any]:
@@ -156,6 +159,23 @@ class _Types:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _remembering(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A datetime column's conversion that keeps its last result: a batch writes the same
+    instant (its `now`) into many rows, and SQLAlchemy's formatting of it for SQLite
+    costs several microseconds each time. Datetimes are immutable: the same object, the
+    same result."""
+    last: list[Any] = [None, None]
+
+    def bind(value: Any) -> Any:
+        if value is last[0]:
+            return last[1]
+        converted = proc(value)
+        last[0], last[1] = value, converted
+        return converted
+
+    return bind
 
 
 def _groups(keys: Iterable[Key]) -> dict[str, list[str]]:
