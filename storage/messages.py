@@ -11,9 +11,10 @@ types, so what is written here reads back the same through the ORM.
 - `Writer` — short transactions of their own: storing incoming events (the inbox), and
   recording messages as sent. A dedicated connection (SQLite) or pool (PostgreSQL). On
   SQLite, where one writer runs at a time, what is asked while another write holds the
-  lock waits and goes together, in one transaction: made by the next batch before it
-  begins, when a batch is next in line for the lock (one turn of the lock fewer), or by
-  the writer itself otherwise. Its connections do not checkpoint the WAL (that flushes
+  lock waits and goes together: first in the transaction of the next batch, when a batch
+  is next in line for the lock (one commit fewer; its callers answer when the batch
+  commits, and should the batch fail, the writes are made again on their own), or in
+  a transaction of the writer's otherwise. Its connections do not checkpoint the WAL (that flushes
   the disk: not on the loop's thread); the writer does, in a thread, once a second at
   most while they write.
 - `Batch` — a conversation batch's transaction (bot/conversation.py): `load` begins it
@@ -325,12 +326,26 @@ def _sqlite_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ())
 Started = tuple[list[Any], list[Any], list[Any], list[Any]]
 
 
-def _sqlite_begin(conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any]) -> Started:
-    """Begin the batch's transaction; the rows it starts from (conversations that do not
-    exist yet are created)."""
+def _sqlite_begin(
+    conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any], queued: Queued
+) -> tuple[Started, list[list[Any]] | Exception]:
+    """Begin the batch's transaction with the writer's queued writes; the rows it starts
+    from (conversations that do not exist yet are created), and what each queued insert
+    stored, or the failure of the queued writes (undone, theirs, not the batch's)."""
     if conn.in_transaction:  # left over by a batch that could not roll back
         conn.execute("ROLLBACK")
     conn.execute("BEGIN IMMEDIATE")
+    stored: list[list[Any]] | Exception = []
+    if queued:
+        conn.execute("SAVEPOINT queued")
+        try:
+            stored = _sqlite_queued_writes(conn, queued)
+        except Exception as exc:
+            if sqlite_driver.is_busy(exc):
+                raise
+            conn.execute("ROLLBACK TO queued")
+            stored = exc
+        conn.execute("RELEASE queued")
     convs: list[Any] = []
     events: list[Any] = []
     unsent: list[Any] = []
@@ -367,7 +382,7 @@ def _sqlite_begin(conn: sqlite3.Connection, keys: list[Key], new: dict[str, Any]
             )
         ]
     pointers = _sqlite_rows(conn, "SELECT id, current_version_id FROM flow")
-    return convs, events, pointers, unsent
+    return (convs, events, pointers, unsent), stored
 
 
 def _sqlite_write(
@@ -416,13 +431,18 @@ def _sqlite_queued(conn: sqlite3.Connection, queued: Queued) -> list[list[Any]]:
         conn.execute("ROLLBACK")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        found = [_sqlite_store(conn, rows) for rows, _ in queued.inbox]
-        for rows, _ in queued.sent:
-            _sqlite_sent(conn, rows)
+        found = _sqlite_queued_writes(conn, queued)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+    return found
+
+
+def _sqlite_queued_writes(conn: sqlite3.Connection, queued: Queued) -> list[list[Any]]:
+    found = [_sqlite_store(conn, rows) for rows, _ in queued.inbox]
+    for rows, _ in queued.sent:
+        _sqlite_sent(conn, rows)
     return found
 
 
@@ -643,6 +663,9 @@ class Batch:
         self.writer = writer  # SQLite: its queued writes are made first
         self._driver: Any = None
         self._open = False
+        # SQLite: the writer's queued writes this transaction makes, and what they stored.
+        self._queued = Queued()
+        self._stored: list[list[Any]] = []
 
     async def _raw(self) -> Any:
         if self._driver is None:
@@ -656,7 +679,10 @@ class Batch:
         self._open = False
         driver = await self._raw()
         if self.is_sqlite:
-            await driver._execute(_sqlite_rollback, driver._conn)
+            try:
+                await driver._execute(_sqlite_rollback, driver._conn)
+            finally:
+                await self._queued_alone(driver)
         elif driver.is_in_transaction():
             await driver.execute("ROLLBACK")
 
@@ -668,9 +694,16 @@ class Batch:
         self._open = True
         if self.is_sqlite:
             aio = await self._raw()
-            await self._sqlite_queued(aio)
+            if self.writer is not None:
+                self._queued = self.writer.take()
             new = {"lang": lang, "at": SQLITE.conv_time(now)}
-            convs, events, pointers, unsent = await sqlite_driver.run(aio, _sqlite_begin, keys, new)
+            (convs, events, pointers, unsent), stored = await sqlite_driver.run(
+                aio, _sqlite_begin, keys, new, self._queued
+            )
+            if isinstance(stored, Exception):
+                self._settle(stored)
+            else:
+                self._stored = stored
             conv_rows = [SQLITE.conversation(r) for r in convs]
             event_rows = [SQLITE.event(r) for r in events]
         else:
@@ -684,24 +717,28 @@ class Batch:
             out.unsent[(channel, recipient)].append(message_id)
         return out
 
-    async def _sqlite_queued(self, aio: Any) -> None:
-        """The writer's queued writes, committed before the batch begins (their callers
-        answer as soon as they are kept); their failure is theirs, not the batch's."""
-        queued = self.writer.take() if self.writer is not None else Queued()
-        if not queued:
+    def _settle(self, outcome: list[list[Any]] | Exception) -> None:
+        """Tell the writer's callers what became of their writes."""
+        queued, self._queued = self._queued, Queued()
+        queued.settle(outcome)
+        if self.writer is not None and queued and not isinstance(outcome, Exception):
+            self.writer.committed()
+
+    async def _queued_alone(self, aio: Any) -> None:
+        """The writer's queued writes, undone with the batch that made them, in a
+        transaction of their own: their fate is theirs, not the batch's."""
+        if not self._queued:
             return
         try:
             outcome: list[list[Any]] | Exception = await sqlite_driver.run(
-                aio, _sqlite_queued, queued
+                aio, _sqlite_queued, self._queued
             )
         except Exception as exc:
             outcome = exc
         except BaseException:  # cancelled while waiting for another process's lock
-            queued.settle(RuntimeError("cancelled"))
+            self._settle(RuntimeError("cancelled"))
             raise
-        queued.settle(outcome)
-        if self.writer is not None and not isinstance(outcome, Exception):
-            self.writer.committed()
+        self._settle(outcome)
 
     async def _pg_load(
         self, keys: list[Key], lang: str, now: datetime, out: Loaded
@@ -793,6 +830,7 @@ class Batch:
                 [c.outbox_row(m) for m in changes.messages],
             )
             self._open = False
+            self._settle(self._stored)
             if self.writer is not None:
                 self.writer.committed()
             return ids  # type: ignore[no-any-return]

@@ -216,7 +216,7 @@ async def test_a_write_that_fails_while_waiting_is_refused_clearly_and_lost_nowh
     other = Citizen(fake, http, clock, user="1000000000000000002")
     assert await first.deliver(fake.text_event(first.user, "xin chào")) == 200
     assert len(await first.replies()) == 1
-    real = messages._sqlite_queued
+    real = messages._sqlite_queued_writes
     failures = []
 
     def disk_error(conn: Any, queued: Any) -> Any:
@@ -225,7 +225,7 @@ async def test_a_write_that_fails_while_waiting_is_refused_clearly_and_lost_nowh
             raise sqlite3.OperationalError("disk I/O error")
         return real(conn, queued)
 
-    monkeypatch.setattr(messages, "_sqlite_queued", disk_error)
+    monkeypatch.setattr(messages, "_sqlite_queued_writes", disk_error)
     event = fake.text_event(other.user, "xin chào")
     async with batch_waiting_for_the_database(service, clock, first.user):
         delivery = asyncio.create_task(other.deliver(event))
@@ -240,6 +240,50 @@ async def test_a_write_that_fails_while_waiting_is_refused_clearly_and_lost_nowh
     async with service.db.sessions() as s:
         mine = (await s.exec(select(InboxEvent).where(InboxEvent.user_key == other.user))).all()
     assert [e.status for e in mine] == ["done"]
+
+
+async def test_waiting_writes_outlive_the_batch_that_carried_them(
+    bot: Bot, fake: FakeZalo, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: the waiting writes go into the transaction of the next conversation batch;
+    when that batch fails as a whole (its final writes, once), they are made again on
+    their own: the webhook still gets its 200 and its event is handled, once; the batch's
+    own event is tried again later."""
+    service, http = bot
+    if not service.db.is_sqlite:
+        pytest.skip("the waiting writes are SQLite's (one writer)")
+    first = Citizen(fake, http, clock, user="1000000000000000001")
+    other = Citizen(fake, http, clock, user="1000000000000000002")
+    assert await first.deliver(fake.text_event(first.user, "xin chào")) == 200
+    assert len(await first.replies()) == 1
+    real = messages._sqlite_write
+    failures = []
+
+    def disk_error(conn: Any, *args: Any) -> Any:
+        if not failures:
+            failures.append(args)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(conn, *args)
+
+    monkeypatch.setattr(messages, "_sqlite_write", disk_error)
+    event = fake.text_event(other.user, "xin chào")
+    async with batch_waiting_for_the_database(service, clock, first.user):
+        delivery = asyncio.create_task(other.deliver(event))
+        await asyncio.sleep(0.2)
+    assert await delivery == 200
+    assert failures
+    await service.dispatcher.idle()
+    clock.advance(seconds=10)
+    assert await service.dispatcher.sweep() == 1  # the failed batch's own event, again
+    menu = await first.replies()
+    assert len(menu) == 1 and len(menu[0].buttons) == 4
+    greeting = await other.replies()
+    assert len(greeting) == 1 and greeting[0].text.startswith("Xin chào anh/chị!")
+    assert await other.deliver(event, num_retry=1) == 200  # a repeat: kept once
+    async with service.db.sessions() as s:
+        mine = (await s.exec(select(InboxEvent).where(InboxEvent.user_key == other.user))).all()
+    assert [e.status for e in mine] == ["done"]
+    assert await other.replies() == []
 
 
 async def test_echoes_and_receipts_are_ignored_and_stickers_get_a_polite_answer(
