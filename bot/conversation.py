@@ -270,12 +270,14 @@ class ConversationService:
         if len(self._recent) > RECENT_STATES:
             self._recent.popitem(last=False)
 
-    async def foresee(self, event: Inbound) -> External | None:
-        """The Rasa call a just-stored text will need, foreseen from the state this process
-        last wrote for its conversation: it can be made while the event waits for its
-        batch, which then runs it once instead of stopping at the call and running again.
-        None when nothing says so. A wrong guess (the state moved in another process)
-        costs one Rasa call; the batch asks for the right one."""
+    def foreseeable(self, event: Inbound) -> bool:
+        """Whether `foresee` may find a Rasa call for this text (no I/O: most texts are
+        taps, at steps where no answer leads to Rasa)."""
+        return self._foreseen(event) is not None
+
+    def _foreseen(
+        self, event: Inbound
+    ) -> tuple[engine.Library, engine.State, EventRow, datetime] | None:
         conv = self._recent.get((event.channel, event.user_key))
         if conv is None or event.kind != "text":
             return None
@@ -287,6 +289,18 @@ class ConversationService:
         fresh = engine.is_fresh(lib, state, now)
         if not engine.may_call(lib, conv.flow_version_id, conv.step, is_external, fresh):
             return None  # no answer here leads to Rasa (a scale tap…): nothing to foresee
+        return lib, state, ev, now
+
+    async def foresee(self, event: Inbound) -> External | None:
+        """The Rasa call a just-stored text will need, foreseen from the state this process
+        last wrote for its conversation: it can be made while the event waits for its
+        batch, which then runs it once instead of stopping at the call and running again.
+        None when nothing says so. A wrong guess (the state moved in another process)
+        costs one Rasa call; the batch asks for the right one."""
+        step = self._foreseen(event)
+        if step is None:
+            return None
+        lib, state, ev, now = step
         result = engine.handle(lib, state, to_engine_event(ev), now)
         while (call := result.call) is not None:
             if is_external(call.action):

@@ -62,7 +62,12 @@ class Dispatcher:
         whose Rasa call can be foreseen has it made now, before its batch."""
         key = (channel, user_key)
         self._dirty[key] = None
-        if event is not None and event.kind == "text" and key not in self._busy:
+        if (
+            event is not None
+            and event.kind == "text"
+            and key not in self._busy
+            and self.service.foreseeable(event)
+        ):
             self._busy.add(key)  # held until the foresight says whether to wait for Rasa
             self._spawn(self._foresee(key, event), "external")
             return
