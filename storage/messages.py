@@ -14,9 +14,9 @@ types, so what is written here reads back the same through the ORM.
   lock waits and goes together: first in the transaction of the next batch, when a batch
   is next in line for the lock (one commit fewer; its callers answer when the batch
   commits, and should the batch fail, the writes are made again on their own), or in
-  a transaction of the writer's otherwise. Its connections do not checkpoint the WAL (that flushes
-  the disk: not on the loop's thread); the writer does, in a thread, once a second at
-  most while they write.
+  a transaction of the writer's otherwise. Its connections do not checkpoint the WAL
+  (that flushes the disk: not on the loop's thread); the writer does, in a thread, once
+  a second at most while they write.
 - `Batch` — a conversation batch's transaction (bot/conversation.py): `load` begins it
   and reads the conversations and their pending events, `write` writes the states, the
   inbox marks and the outgoing messages and commits, in the same calls. The ORM session
@@ -167,13 +167,14 @@ def _remembering(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
     instant (its `now`) into many rows, and SQLAlchemy's formatting of it for SQLite
     costs several microseconds each time. Datetimes are immutable: the same object, the
     same result."""
-    last: list[Any] = [None, None]
+    last: list[tuple[Any, Any]] = [(None, None)]  # (value, result), replaced as one
 
     def bind(value: Any) -> Any:
-        if value is last[0]:
-            return last[1]
+        seen, converted = last[0]
+        if value is seen:
+            return converted
         converted = proc(value)
-        last[0], last[1] = value, converted
+        last[0] = (value, converted)
         return converted
 
     return bind

@@ -203,12 +203,11 @@ async def test_deliveries_waiting_for_the_database_are_kept_once_each(
     assert len(outbox) == 4 and all(m.status == "sent" and m.sent_at for m in outbox)
 
 
-async def test_a_write_that_fails_while_waiting_is_refused_clearly_and_lost_nowhere(
-    bot: Bot, fake: FakeZalo, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite: the waiting writes that the next conversation batch makes fail (a disk
-    error): their webhooks get a 503, so Zalo delivers again; the batch's own
-    conversation is still handled, and the delivery that comes again is kept once."""
+async def greeted_and_another(
+    bot: Bot, fake: FakeZalo, clock: ManualClock
+) -> tuple[Citizen, Citizen]:
+    """SQLite only (the waiting writes are its, one writer): a citizen greeted already,
+    and another."""
     service, http = bot
     if not service.db.is_sqlite:
         pytest.skip("the waiting writes are SQLite's (one writer)")
@@ -216,16 +215,34 @@ async def test_a_write_that_fails_while_waiting_is_refused_clearly_and_lost_nowh
     other = Citizen(fake, http, clock, user="1000000000000000002")
     assert await first.deliver(fake.text_event(first.user, "xin chào")) == 200
     assert len(await first.replies()) == 1
-    real = messages._sqlite_queued_writes
-    failures = []
+    return first, other
 
-    def disk_error(conn: Any, queued: Any) -> Any:
+
+def disk_error_once(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
+    """`storage.messages.<name>(conn, …)` fails once with a disk error; the failed calls'
+    arguments."""
+    real = getattr(messages, name)
+    failures: list[Any] = []
+
+    def failing(conn: Any, *args: Any) -> Any:
         if not failures:
-            failures.append(queued)
+            failures.append(args)
             raise sqlite3.OperationalError("disk I/O error")
-        return real(conn, queued)
+        return real(conn, *args)
 
-    monkeypatch.setattr(messages, "_sqlite_queued_writes", disk_error)
+    monkeypatch.setattr(messages, name, failing)
+    return failures
+
+
+async def test_a_write_that_fails_while_waiting_is_refused_clearly_and_lost_nowhere(
+    bot: Bot, fake: FakeZalo, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: the waiting writes that the next conversation batch makes fail (a disk
+    error): their webhooks get a 503, so Zalo delivers again; the batch's own
+    conversation is still handled, and the delivery that comes again is kept once."""
+    service, _ = bot
+    first, other = await greeted_and_another(bot, fake, clock)
+    failures = disk_error_once(monkeypatch, "_sqlite_queued_writes")
     event = fake.text_event(other.user, "xin chào")
     async with batch_waiting_for_the_database(service, clock, first.user):
         delivery = asyncio.create_task(other.deliver(event))
@@ -249,23 +266,9 @@ async def test_waiting_writes_outlive_the_batch_that_carried_them(
     when that batch fails as a whole (its final writes, once), they are made again on
     their own: the webhook still gets its 200 and its event is handled, once; the batch's
     own event is tried again later."""
-    service, http = bot
-    if not service.db.is_sqlite:
-        pytest.skip("the waiting writes are SQLite's (one writer)")
-    first = Citizen(fake, http, clock, user="1000000000000000001")
-    other = Citizen(fake, http, clock, user="1000000000000000002")
-    assert await first.deliver(fake.text_event(first.user, "xin chào")) == 200
-    assert len(await first.replies()) == 1
-    real = messages._sqlite_write
-    failures = []
-
-    def disk_error(conn: Any, *args: Any) -> Any:
-        if not failures:
-            failures.append(args)
-            raise sqlite3.OperationalError("disk I/O error")
-        return real(conn, *args)
-
-    monkeypatch.setattr(messages, "_sqlite_write", disk_error)
+    service, _ = bot
+    first, other = await greeted_and_another(bot, fake, clock)
+    failures = disk_error_once(monkeypatch, "_sqlite_write")
     event = fake.text_event(other.user, "xin chào")
     async with batch_waiting_for_the_database(service, clock, first.user):
         delivery = asyncio.create_task(other.deliver(event))
