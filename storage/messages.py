@@ -722,8 +722,6 @@ class Batch:
         """Tell the writer's callers what became of their writes."""
         queued, self._queued = self._queued, Queued()
         queued.settle(outcome)
-        if self.writer is not None and queued and not isinstance(outcome, Exception):
-            self.writer.committed()
 
     async def _queued_alone(self, aio: Any) -> None:
         """The writer's queued writes, undone with the batch that made them, in a
@@ -740,6 +738,8 @@ class Batch:
             self._settle(RuntimeError("cancelled"))
             raise
         self._settle(outcome)
+        if self.writer is not None and not isinstance(outcome, Exception):
+            self.writer.committed()
 
     async def _pg_load(
         self, keys: list[Key], lang: str, now: datetime, out: Loaded
