@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlalchemy import text as sql
 from sqlalchemy.engine import make_url
 from sqlmodel import select
 
@@ -559,3 +560,23 @@ async def test_a_batch_starts_from_its_conversations_pending_events_and_unsent_m
     assert {k: v for k, v in loaded.unsent.items() if v} == {("zalo", "u1"): [unsent[0]]}
     assert loaded.pointers == flows
     assert loaded.elsewhere == ({("zalo", "held")} if pg else set())
+
+
+async def test_sqlite_connections_keep_their_temporary_journals_in_memory(
+    http: TestClient, chat: ChatClient
+) -> None:
+    """SQLite: the savepoints of a batch (each conversation's table work, the writer's
+    waiting writes) journal into memory, not into a temporary file made and deleted for
+    each transaction: on every connection of the message path and of the sessions."""
+    service = http.server.app[SERVICE]
+    _sqlite_path(service)
+    await chat.say("xin chào")  # the writer's connection exists once something was stored
+    async with service.db.batch() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert await (await raw.execute("PRAGMA temp_store")).fetchone() == (2,)
+    writer = await service.db.writer._sqlite_conn()
+    assert await (await writer.execute("PRAGMA temp_store")).fetchone() == (2,)
+    async with service.db.sessions() as session:
+        assert (await session.execute(sql("PRAGMA temp_store"))).one() == (2,)
+    async with service.db.transaction() as session:
+        assert (await session.execute(sql("PRAGMA temp_store"))).one() == (2,)
