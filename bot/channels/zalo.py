@@ -31,6 +31,7 @@ from aiolimiter import AsyncLimiter
 from sqlalchemy import or_, update
 
 from bot.channels.base import Inbound, Message, TemporaryFailure, Undeliverable
+from bot.channels.http1 import Http1Client, HttpError
 from bot.channels.text import split_text
 from bot.clock import Clock
 from bot.config import ZaloSettings
@@ -247,7 +248,8 @@ class ZaloOA:
         self.metrics: Any = None
         self.tokens = ZaloTokens(db, settings, clock)
         self.limiter = AsyncLimiter(settings.rate_per_minute, 60)
-        self.http: aiohttp.ClientSession | None = None
+        self.http: aiohttp.ClientSession | None = None  # the token's refreshes
+        self.api: Http1Client | None = None  # the sends
         # The ways of signing a body, the one that matched last first.
         self._signing = list(signature_keys(settings).items())
         self._variants_seen: set[str] = set()
@@ -257,8 +259,11 @@ class ZaloOA:
             timeout=aiohttp.ClientTimeout(total=self.timeout), json_serialize=jsonio.dumps
         )
         self.tokens.http = self.http
+        self.api = Http1Client(self.settings.api_base, timeout=self.timeout)
 
     async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.close()
         if self.http is not None:
             await self.http.close()
 
@@ -366,20 +371,20 @@ class ZaloOA:
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the OpenAPI; refresh the token once if it is refused."""
-        assert self.http is not None, "ZaloOA.start() was not called"
+        assert self.api is not None, "ZaloOA.start() was not called"
         token = await self.tokens.current()
         for attempt in (1, 2):
             async with self.limiter:
                 try:
-                    async with self.http.post(
-                        f"{self.settings.api_base}{path}",
-                        data=jsonio.dumpb(body),
-                        headers={"access_token": token, "Content-Type": "application/json"},
-                    ) as r:
-                        if r.status >= 500:
-                            raise TemporaryFailure(f"zalo: HTTP {r.status}")
-                        data = jsonio.loads(await r.read())
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    answer = await self.api.post(
+                        path,
+                        jsonio.dumpb(body),
+                        {"access_token": token, "Content-Type": "application/json"},
+                    )
+                    if answer.status >= 500:
+                        raise TemporaryFailure(f"zalo: HTTP {answer.status}")
+                    data = jsonio.loads(answer.body)
+                except (HttpError, OSError, TimeoutError, ValueError) as exc:
                     raise TemporaryFailure(f"zalo: {type(exc).__name__}: {exc}") from exc
             code = int(data.get("error", 0)) if isinstance(data, dict) else -1
             if code == 0:
