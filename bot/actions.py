@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import bindparam
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -36,10 +36,9 @@ from storage.models import (
     FieldOfWork,
     Procedure,
     Rating,
-    RatingAnswer,
     Report,
 )
-from storage.ops import insert_ignore, next_in_sequence
+from storage.ops import insert_ignore, insert_rating, next_in_sequence
 
 
 @dataclass(frozen=True)
@@ -222,27 +221,17 @@ async def save_rating(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone
         "comment": comment,
         "created_at": ctx.now,
     }
-    rating_id = await insert_ignore(ctx.session, Rating, values, ["dossier_id"])
+    answers_stored = [
+        {"criterion": key, "value": level.value, "label": level.vi, "counts_as": level.counts_as}
+        for key, level in levels
+    ]
+    rating_id = await insert_rating(ctx.session, values, answers_stored)
     if rating_id is None:
         # Someone rated this dossier a moment ago, between lookup and save.
         existing = await ctx.session.scalar(
             select(Rating.created_at).where(Rating.dossier_id == dossier["id"])
         )
         return ActionDone("already_rated", {"rated_on": local_date(existing or ctx.now)})
-    answers_table = RatingAnswer.__table__  # type: ignore[attr-defined]
-    await (await ctx.session.connection()).execute(
-        insert(answers_table),
-        [
-            {
-                "rating_id": rating_id,
-                "criterion": key,
-                "value": level.value,
-                "label": level.vi,
-                "counts_as": level.counts_as,
-            }
-            for key, level in levels
-        ],
-    )
     unsatisfied = any(level.counts_as == "unsatisfied" for _, level in levels)
     return ActionDone("unsatisfied" if unsatisfied else "saved", {"rating_id": rating_id})
 

@@ -6,12 +6,12 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Counter
+from storage.models import Counter, Rating, RatingAnswer
 
 
 def _insert(session: AsyncSession, table: type[SQLModel]) -> Any:
@@ -41,12 +41,56 @@ def _insert_ignore(
     are compiled anew at every execution (they have no cache key); a text statement with
     typed parameters is compiled once, and both databases read it the same way."""
     t = table.__table__  # type: ignore[attr-defined]
-    sql = (
-        f"INSERT INTO {t.name} ({', '.join(columns)}) "
+    sql = _insert_ignore_sql(t.name, columns, conflict)
+    return text(sql).bindparams(*(bindparam(c, type_=t.c[c].type) for c in columns))
+
+
+def _insert_ignore_sql(table: str, columns: tuple[str, ...], conflict: tuple[str, ...]) -> str:
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
         f"VALUES ({', '.join(':' + c for c in columns)}) "
         f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING RETURNING id"
     )
-    return text(sql).bindparams(*(bindparam(c, type_=t.c[c].type) for c in columns))
+
+
+_ANSWER = ("criterion", "value", "label", "counts_as")
+
+
+async def insert_rating(
+    session: AsyncSession, values: dict[str, Any], answers: list[dict[str, Any]]
+) -> int | None:
+    """A rating (`values`) with its answers (`_ANSWER` each), unless its dossier has one
+    already; the new rating's id, or None. On PostgreSQL in one statement: inside a
+    conversation batch every round trip waits for a turn of the event loop."""
+    conn = await session.connection()
+    if conn.dialect.name != "postgresql":
+        rating_id = await insert_ignore(session, Rating, values, ["dossier_id"])
+        if rating_id is not None:
+            rows = [{"rating_id": rating_id, **a} for a in answers]
+            await conn.execute(insert(RatingAnswer.__table__), rows)  # type: ignore[attr-defined]
+        return rating_id
+    columns = {k: [a[k] for a in answers] for k in _ANSWER}
+    result = await conn.execute(_pg_rating(tuple(sorted(values))), {**values, **columns})
+    return result.scalar_one_or_none()  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _pg_rating(columns: tuple[str, ...]) -> Any:
+    """The rating stored if new (`r`), and its answers with its id (`a`, run by PostgreSQL
+    though nothing reads it: a data-modifying WITH always runs)."""
+    rating = Rating.__table__  # type: ignore[attr-defined]
+    answer = RatingAnswer.__table__  # type: ignore[attr-defined]
+    sql = (
+        f"WITH r AS ({_insert_ignore_sql(rating.name, columns, ('dossier_id',))}), "
+        f"a AS (INSERT INTO {answer.name} (rating_id, {', '.join(_ANSWER)}) "
+        f"SELECT r.id, {', '.join('t.' + k for k in _ANSWER)} FROM r, "
+        f"unnest({', '.join(':' + k for k in _ANSWER)}) AS t({', '.join(_ANSWER)})) "
+        "SELECT id FROM r"
+    )
+    return text(sql).bindparams(
+        *(bindparam(c, type_=rating.c[c].type) for c in columns),
+        *(bindparam(k, type_=postgresql.ARRAY(answer.c[k].type)) for k in _ANSWER),
+    )
 
 
 async def insert_new(

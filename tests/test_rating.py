@@ -9,6 +9,7 @@ from sqlmodel import select
 from bot.app import Service
 from bot.stats import satisfaction
 from storage.models import InboxEvent, OutboxMessage, Rating, RatingAnswer, Report
+from storage.ops import insert_rating
 from tests.chat import ChatClient, question, texts
 from tests.factories import COMPLETED, COMPLETED_2, IN_PROGRESS, small_province
 
@@ -91,6 +92,36 @@ async def test_a_dossier_is_rated_only_once(
     assert "Mỗi hồ sơ chỉ được đánh giá một lần" in texts(again)
     async with service.db.sessions() as s:
         assert len((await s.exec(select(Rating))).all()) == 1
+
+
+async def test_a_rating_stored_twice_for_one_dossier_keeps_the_first_and_its_answers(
+    service: Service, province: dict[str, int], chat: ChatClient, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """The storing itself (one statement on PostgreSQL, two on SQLite): a second rating
+    of the dossier, as when two conversations finish it at once, stores nothing."""
+    await chat.say(COMPLETED)
+    await rate_all(chat, "Hài lòng")
+    await chat.tap("Bỏ qua")
+    async with service.db.sessions() as s:
+        first = (await s.exec(select(Rating))).one()
+    values = {
+        "dossier_id": first.dossier_id,
+        "citizen_id": first.citizen_id,
+        "channel": "zalo",
+        "comment": "lần hai",
+        "created_at": clock.now(),
+    }
+    answer = {"criterion": "time", "value": 1, "label": "Rất không hài lòng"}
+    async with service.db.transaction() as s:
+        again = await insert_rating(s, values, [{**answer, "counts_as": "unsatisfied"}])
+    assert again is None
+    async with service.db.sessions() as s:
+        assert [r.id for r in (await s.exec(select(Rating))).all()] == [first.id]
+        answers = (await s.exec(select(RatingAnswer))).all()
+    assert len(answers) == 5
+    assert {(a.rating_id, a.label, a.counts_as) for a in answers} == {
+        (first.id, "Hài lòng", "satisfied")
+    }
 
 
 async def test_dissatisfied_rating_offers_to_turn_the_comment_into_feedback(
