@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import text as sql
 from sqlalchemy.engine import make_url
 from sqlmodel import select
 
@@ -577,6 +576,8 @@ async def test_sqlite_connections_keep_their_temporary_journals_in_memory(
     writer = await service.db.writer._sqlite_conn()
     assert await (await writer.execute("PRAGMA temp_store")).fetchone() == (2,)
     async with service.db.sessions() as session:
-        assert (await session.execute(sql("PRAGMA temp_store"))).one() == (2,)
+        conn = await session.connection()
+        assert (await conn.exec_driver_sql("PRAGMA temp_store")).one() == (2,)
     async with service.db.transaction() as session:
-        assert (await session.execute(sql("PRAGMA temp_store"))).one() == (2,)
+        conn = await session.connection()
+        assert (await conn.exec_driver_sql("PRAGMA temp_store")).one() == (2,)
