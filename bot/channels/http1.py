@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -47,9 +46,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future[Answer] | None = None
-        self.closed = False
-        self.reusable = True
-        self.idle_since = 0.0
+        self.reusable = True  # False once it closed or is not to be trusted
+        self.idle_since = 0.0  # the loop's time
 
     # ---- asyncio.Protocol
 
@@ -59,7 +57,6 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if self.waiter is None:  # nothing was asked: the connection is not to be trusted
-            self.reusable = False
             self.close()
             return
         self._answer(eof=False)
@@ -68,7 +65,6 @@ class _Connection(asyncio.Protocol):
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.reusable = False
         if self.waiter is not None and not self.waiter.done():
             self._answer(eof=True)
@@ -108,7 +104,6 @@ class _Connection(asyncio.Protocol):
         try:
             answer = self._parse(eof)
         except HttpError as exc:
-            self.reusable = False
             if not waiter.done():
                 waiter.set_exception(exc)
             self.close()
@@ -256,7 +251,7 @@ class Http1Client:
         loop = asyncio.get_running_loop()
         async with self._slots:
             deadline = loop.time() + self.timeout
-            conn = self._reuse()
+            conn = self._reuse(loop.time())
             if conn is None:
                 async with asyncio.timeout_at(deadline):
                     conn = await self._connect()
@@ -271,22 +266,22 @@ class Http1Client:
             finally:
                 timer.cancel()
             conn.waiter = None
-            if conn.reusable and not conn.closed and not self._closed:
-                conn.idle_since = time.monotonic()
+            if conn.reusable and not self._closed:
+                conn.idle_since = loop.time()
                 self._idle.append(conn)
             else:
                 conn.close()
             return answer
 
-    def _reuse(self) -> _Connection | None:
+    def _reuse(self, now: float) -> _Connection | None:
         """The connection idle the shortest while, if one is still good; the others
         idle too long are closed."""
-        oldest = time.monotonic() - self.idle_for
+        oldest = now - self.idle_for
         while self._idle and self._idle[0].idle_since < oldest:
             self._idle.popleft().close()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed:
+            if conn.reusable:
                 return conn
         return None
 
