@@ -298,6 +298,21 @@ _PG_LOAD = (
 )
 
 
+# A PostgreSQL batch's conversation states and outgoing messages in one statement (one
+# round trip, where an executemany and an insert made two): the states in a data-modifying
+# WITH, which runs whether or not there are messages; the messages' ids returned.
+_PG_STATES_AND_MESSAGES = (
+    "WITH s AS (UPDATE conversation SET lang = u.lang, flow_version_id = u.version, "
+    "step = u.step, vars = u.vars::json, updated_at = u.at FROM unnest($1::text[], $2::int[], "
+    "$3::text[], $4::text[], $5::timestamptz[], $6::int[]) AS u(lang, version, step, vars, at, "
+    "id) WHERE conversation.id = u.id) "
+    f"INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) SELECT c, r, v, b::json, s, a, n, "
+    "l, t FROM unnest($7::text[], $8::text[], $9::int[], $10::text[], $11::text[], "
+    "$12::int[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[]) WITH ORDINALITY "
+    "AS m(c, r, v, b, s, a, n, l, t, i) ORDER BY i RETURNING id"
+)
+
+
 def _pg_done_and_commit(done: list[int], now: datetime) -> str:
     """The events handled marked done, and COMMIT, in one trip: a simple query, planned
     each time. (As a prepared statement its plan, made while the inbox was small, stayed a
@@ -836,11 +851,6 @@ class Batch:
                 self.writer.committed()
             return ids  # type: ignore[no-any-return]
         conn: asyncpg.Connection = await self._raw()
-        if changes.conversations:
-            await conn.executemany(
-                _SET_STATE.format("$1", "$2", "$3", "$4::json", "$5", "$6"),
-                [PG.state(conv) for conv in changes.conversations],
-            )
         if changes.failures:
             await conn.executemany(
                 _SET_FAILURE.format("$1", "$2", "$3", "$4", "$5"),
@@ -850,21 +860,20 @@ class Batch:
                 ],
             )
         ids: list[int] = []
-        if changes.messages:
-            ids = await self._pg_messages(conn, changes.messages)
+        if changes.messages or changes.conversations:
+            ids = await self._pg_states_and_messages(conn, changes)
         await conn.execute(_pg_done_and_commit(changes.done, now))
         self._open = False
         return ids
 
-    async def _pg_messages(
-        self, conn: asyncpg.Connection, messages: list[dict[str, Any]]
+    async def _pg_states_and_messages(
+        self, conn: asyncpg.Connection, changes: Changes
     ) -> list[int]:
-        rows = [PG.outbox_row(m) for m in messages]
+        rows = [PG.outbox_row(m) for m in changes.messages]
+        states = [PG.state(conv) for conv in changes.conversations]
         ids = await conn.fetch(
-            f"INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) SELECT c, r, v, b::json, s, a, n, "
-            "l, t FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], "
-            "$6::int[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[]) WITH ORDINALITY "
-            "AS m(c, r, v, b, s, a, n, l, t, i) ORDER BY i RETURNING id",
+            _PG_STATES_AND_MESSAGES,
+            *([row[i] for row in states] for i in range(6)),
             *([row[i] for row in rows] for i in range(len(OUTBOX_INSERT))),
         )
         # Ids come from the sequence in the order of insertion, which ORDER BY i sets.

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -559,6 +560,65 @@ async def test_a_batch_starts_from_its_conversations_pending_events_and_unsent_m
     assert {k: v for k, v in loaded.unsent.items() if v} == {("zalo", "u1"): [unsent[0]]}
     assert loaded.pointers == flows
     assert loaded.elsewhere == ({("zalo", "held")} if pg else set())
+
+
+async def test_a_batch_writes_its_states_events_done_and_messages_and_gives_their_ids_in_order(
+    http: TestClient, service: Service, clock: ManualClock
+) -> None:
+    """What a batch writes, on both backends (one statement for the states and the
+    messages on PostgreSQL): each conversation's new state, also for one that sends
+    nothing; its events marked done; its messages, with their ids in the order given."""
+    from storage.models import Conversation
+
+    now = clock.now()
+    async with service.db.transaction() as s:
+        for n, user in enumerate(["talks", "quiet"]):
+            s.add(
+                InboxEvent(
+                    channel="zalo", platform_id=f"w{n}", user_key=user, kind="text",
+                    text="xin chào", received_at=now, status="pending",
+                )
+            )  # fmt: skip
+    keys = [("zalo", "talks"), ("zalo", "quiet")]
+    later = now + timedelta(seconds=1)
+    async with service.db.batch() as conn:
+        batch = messages.Batch(conn, service.db.is_sqlite, service.db.writer)
+        loaded = await batch.load(keys, "vi", now)
+        talks, quiet = (loaded.conversations[k] for k in keys)
+        talks.step, talks.vars, talks.updated_at = "ask_code", {"code": "H01.2'x\"ă"}, later
+        quiet.step, quiet.lang, quiet.updated_at = "ask_code", "en", later
+        bodies = [{"text": f"tin nhắn {n}", "buttons": []} for n in range(3)]
+        changes = messages.Changes(
+            conversations=[talks, quiet],
+            done=[e.id for k in keys for e in loaded.events[k]],
+            messages=[
+                {
+                    "channel": "zalo", "recipient": "talks", "conversation_id": talks.id,
+                    "body": body, "status": "pending", "attempts": 0, "next_attempt_at": now,
+                    "claimed_until": None, "created_at": now,
+                }
+                for body in bodies
+            ],
+        )  # fmt: skip
+        ids = await batch.write(changes, later)
+    async with service.db.batch() as conn:  # a batch that sends nothing
+        batch = messages.Batch(conn, service.db.is_sqlite, service.db.writer)
+        quiet = (await batch.load([("zalo", "quiet")], "vi", now)).conversations[keys[1]]
+        quiet.step = "menu"
+        assert await batch.write(messages.Changes(conversations=[quiet]), later) == []
+
+    async with service.db.sessions() as s:
+        convs = {c.user_key: c for c in (await s.exec(select(Conversation))).all()}
+        outbox = {m.id: m for m in (await s.exec(select(OutboxMessage))).all()}
+        inbox = (await s.exec(select(InboxEvent.status))).all()
+    assert (convs["talks"].step, convs["talks"].vars) == ("ask_code", {"code": "H01.2'x\"ă"})
+    assert (convs["quiet"].step, convs["quiet"].lang, convs["quiet"].vars) == ("menu", "en", {})
+    assert {c.updated_at.replace(tzinfo=None) for c in convs.values()} == {
+        later.replace(tzinfo=None)
+    }
+    assert inbox == ["done", "done"]
+    assert ids == sorted(ids) and [outbox[i].body for i in ids] == bodies
+    assert {m.recipient for m in outbox.values()} == {"talks"}
 
 
 async def test_sqlite_connections_keep_their_temporary_journals_in_memory(
