@@ -8,7 +8,7 @@ messages. External actions (Rasa) run outside any transaction and touch no table
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,6 +53,9 @@ class ActionContext:
     now: datetime
     vars: Mapping[str, Any]
     calendar: WorkCalendar
+    # Dossiers looked up ahead for the batch, by code (None: no such dossier); see
+    # `look_up_dossiers`. Absent, each lookup is a statement of its own.
+    dossiers: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ def offline(name: str) -> ActionDone:
 
 
 # Built once: a statement built for every lookup costs more than running it.
-_DOSSIER_TO_RATE = (
+_DOSSIER_TO_RATE_BASE = (
     select(  # type: ignore[call-overload]
         col(Dossier.id),
         col(Dossier.code),
@@ -152,8 +155,24 @@ _DOSSIER_TO_RATE = (
     .join(Procedure, col(Procedure.id) == col(Dossier.procedure_id))
     .join(Agency, col(Agency.id) == col(Dossier.agency_id))
     .join(Rating, col(Rating.dossier_id) == col(Dossier.id), isouter=True)
-    .where(col(Dossier.code) == bindparam("code"))
 )
+_DOSSIER_TO_RATE = _DOSSIER_TO_RATE_BASE.where(col(Dossier.code) == bindparam("code"))
+_DOSSIERS_TO_RATE = _DOSSIER_TO_RATE_BASE.where(
+    col(Dossier.code).in_(bindparam("codes", expanding=True))
+)
+
+
+async def look_up_dossiers(session: AsyncSession, texts: Iterable[str | None]) -> dict[str, Any]:
+    """The dossiers the texts give codes of, in one statement, by code (None for a code
+    no dossier has): a batch looks up ahead what its citizens typed, where `find_dossier`
+    would make a round trip for each, one after the other."""
+    codes = {code for text in texts if text and (code := find_dossier_code(text))}
+    if not codes:
+        return {}
+    connection = await session.connection()
+    rows = (await connection.execute(_DOSSIERS_TO_RATE, {"codes": sorted(codes)})).all()
+    found = {row.code: row for row in rows}
+    return {code: found.get(code) for code in codes}
 
 
 def _dossier_vars(d: Any) -> dict[str, Any]:
@@ -173,8 +192,11 @@ def _dossier_vars(d: Any) -> dict[str, Any]:
 async def find_dossier(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone:
     """Is there a completed, not yet rated dossier with this code?"""
     code = find_dossier_code(args.get("code", "")) or args.get("code", "")
-    result = await (await ctx.session.connection()).execute(_DOSSIER_TO_RATE, {"code": code})
-    row = result.first()
+    if ctx.dossiers is not None and code in ctx.dossiers:
+        row = ctx.dossiers[code]
+    else:
+        result = await (await ctx.session.connection()).execute(_DOSSIER_TO_RATE, {"code": code})
+        row = result.first()
     if row is None:
         return ActionDone("not_found", {"dossier_code": code, "dossier": None})
     found = {"dossier_code": code, "dossier": _dossier_vars(row)}
@@ -226,6 +248,8 @@ async def save_rating(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone
         for key, level in levels
     ]
     rating_id = await insert_rating(ctx.session, values, answers_stored)
+    if ctx.dossiers is not None:  # rated now: what was looked up ahead is out of date
+        ctx.dossiers.pop(dossier.get("code", ""), None)
     if rating_id is None:
         # Someone rated this dossier a moment ago, between lookup and save.
         existing = await ctx.session.scalar(

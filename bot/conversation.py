@@ -43,6 +43,7 @@ from bot.actions import (
     ExternalContext,
     is_external,
     is_pure,
+    look_up_dossiers,
     reads_only,
     run_action,
     run_external,
@@ -157,6 +158,8 @@ class _Round:
     done: list[int] = field(default_factory=list)
     retries: list[dict[str, Any]] = field(default_factory=list)
     messages: list[tuple[ConversationRow, dict[str, Any]]] = field(default_factory=list)
+    # Dossiers the batch's texts name, looked up ahead (bot/actions.py, look_up_dossiers).
+    dossiers: dict[str, Any] = field(default_factory=dict)
     # Recipients whose messages go straight to the sender (their lanes are held for them).
     reserved: list[Key] = field(default_factory=list)
     # Messages were left waiting in the outbox (the sending loops must look).
@@ -371,6 +374,9 @@ class ConversationService:
                     tables.session,
                 )
                 self._libs = libs
+                if len(keys) > 1:  # the dossier codes typed, looked up together
+                    texts = (e.text for k in keys for e in loaded.events.get(k, []))
+                    out.dossiers = await look_up_dossiers(await tables.session(), texts)
                 for key in keys:
                     conv = loaded.conversations.get(key)
                     if conv is None:
@@ -408,7 +414,8 @@ class ConversationService:
         before = (conv.lang, conv.flow_version_id, conv.step, conv.vars, conv.updated_at)
         outcomes = known or {}
         try:
-            await self._apply(step, conv, ev, out.now, libs[conv.flow_version_id], outcomes)
+            lib = libs[conv.flow_version_id]
+            await self._apply(step, conv, ev, out.now, lib, outcomes, out.dossiers)
             await step.commit()
         except Exception as exc:
             if step.wrote:
@@ -437,6 +444,7 @@ class ConversationService:
         now: datetime,
         lib: engine.Library,
         known: Mapping[CallKey, engine.ActionDone],
+        dossiers: dict[str, Any],
     ) -> None:
         if ev.lang in ("vi", "en") and (ev.kind == "start" or conv.step is None):
             conv.lang = ev.lang
@@ -467,6 +475,7 @@ class ConversationService:
                     now,
                     result.state.vars,
                     self.calendar,
+                    dossiers,
                 )
                 done = await run_action(ctx, call.action, call.args)
             result = engine.handle(lib, result.state, done, now)

@@ -124,6 +124,42 @@ async def test_a_rating_stored_twice_for_one_dossier_keeps_the_first_and_its_ans
     }
 
 
+async def test_dossiers_looked_up_ahead_for_a_batch_answer_as_one_lookup_and_a_rating_renews_them(
+    service: Service, province: dict[str, int], clock
+) -> None:  # type: ignore[no-untyped-def]
+    """A batch looks up the codes its citizens typed in one statement: each code (typed
+    loosely, unknown, not completed) gets the outcome its own lookup would give; once a
+    conversation of the batch rates a dossier, the next lookup of it says it is rated."""
+    from bot.actions import ActionContext, find_dossier, look_up_dossiers, save_rating
+
+    typed = [f"mã hs: {COMPLETED.lower()}", IN_PROGRESS, "H42.99.99-261110-9999", "menu"]
+
+    from storage.models import Citizen
+
+    def context(s, dossiers, vars=None):  # type: ignore[no-untyped-def]
+        return ActionContext(
+            s, service.settings, citizen.id, "zalo", "u1", clock.now(), vars or {},
+            service.calendar, dossiers,
+        )  # fmt: skip
+
+    async with service.db.transaction() as s:
+        citizen = Citizen(created_at=clock.now())
+        s.add(citizen)
+        await s.flush()
+        ahead = await look_up_dossiers(s, typed)
+        assert set(ahead) == {COMPLETED, IN_PROGRESS, "H42.99.99-261110-9999"}
+        for text in typed[:3]:
+            own = await find_dossier(context(s, None), {"code": text})
+            assert await find_dossier(context(s, ahead), {"code": text}) == own
+        ready = await find_dossier(context(s, ahead), {"code": typed[0]})
+        assert [ready.outcome, ready.vars["dossier"]["code"]] == ["ready", COMPLETED]
+        answers = {c.key: "5" for c in service.settings.rating.criteria}
+        vars = {**ready.vars, "answers": answers}
+        assert (await save_rating(context(s, ahead, vars), {})).outcome == "saved"
+        again = await find_dossier(context(s, ahead), {"code": typed[0]})
+        assert again.outcome == "already_rated"
+
+
 async def test_dissatisfied_rating_offers_to_turn_the_comment_into_feedback(
     service: Service, province: dict[str, int], chat: ChatClient
 ) -> None:
