@@ -605,13 +605,14 @@ class Writer:
             return {(c, p) for c, p in found}
         pool = await self._pg_pool()
         cols = INBOX_INSERT
+        converted = [PG.inbox_row(r) for r in rows]
         async with pool.acquire() as conn:
             found = await conn.fetch(
                 f"INSERT INTO inbox ({', '.join(cols)}) SELECT * FROM unnest("
                 "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
                 "$7::int[], $8::text[], $9::timestamptz[], $10::text[], $11::int[]) "
                 "ON CONFLICT (channel, platform_id) DO NOTHING RETURNING channel, platform_id",
-                *([PG.inbox_row(r)[i] for r in rows] for i in range(len(cols))),
+                *(list(column) for column in zip(*converted, strict=True)),
             )
         return {(r["channel"], r["platform_id"]) for r in found}
 
