@@ -59,6 +59,7 @@ INBOX_INSERT = (
     "channel", "platform_id", "user_key", "kind", "text", "payload", "turn", "lang",
     "received_at", "status", "attempts",
 )  # fmt: skip
+STATE_WIDTH = 6  # lang, flow version, step, vars, updated_at; the conversation's id
 OUTBOX_INSERT = (
     "channel", "recipient", "conversation_id", "body", "status", "attempts", "next_attempt_at",
     "claimed_until", "created_at",
@@ -187,6 +188,12 @@ def _groups(keys: Iterable[Key]) -> dict[str, list[str]]:
     return by_channel
 
 
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows of `width` values as that many columns: the arrays a PostgreSQL `unnest`
+    takes (each column present, empty too, when there are no rows)."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -215,6 +222,8 @@ class _Converters:
         return EventRow(*(f(v) for f, v in zip(self.event_out, row, strict=True)))
 
     def state(self, c: ConversationRow) -> tuple[Any, ...]:
+        """A conversation's new state, as `_SET_STATE` and `_PG_STATES_AND_MESSAGES` take it
+        (`STATE_WIDTH` values, the id last)."""
         return (
             c.lang,
             c.flow_version_id,
@@ -605,14 +614,14 @@ class Writer:
             return {(c, p) for c, p in found}
         pool = await self._pg_pool()
         cols = INBOX_INSERT
-        converted = [PG.inbox_row(r) for r in rows]
+        columns = _columns([PG.inbox_row(r) for r in rows], len(cols))
         async with pool.acquire() as conn:
             found = await conn.fetch(
                 f"INSERT INTO inbox ({', '.join(cols)}) SELECT * FROM unnest("
                 "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
                 "$7::int[], $8::text[], $9::timestamptz[], $10::text[], $11::int[]) "
                 "ON CONFLICT (channel, platform_id) DO NOTHING RETURNING channel, platform_id",
-                *(list(column) for column in zip(*converted, strict=True)),
+                *columns,
             )
         return {(r["channel"], r["platform_id"]) for r in found}
 
@@ -870,12 +879,12 @@ class Batch:
     async def _pg_states_and_messages(
         self, conn: asyncpg.Connection, changes: Changes
     ) -> list[int]:
-        rows = [PG.outbox_row(m) for m in changes.messages]
         states = [PG.state(conv) for conv in changes.conversations]
+        rows = [PG.outbox_row(m) for m in changes.messages]
         ids = await conn.fetch(
             _PG_STATES_AND_MESSAGES,
-            *([row[i] for row in states] for i in range(6)),
-            *([row[i] for row in rows] for i in range(len(OUTBOX_INSERT))),
+            *_columns(states, STATE_WIDTH),
+            *_columns(rows, len(OUTBOX_INSERT)),
         )
         # Ids come from the sequence in the order of insertion, which ORDER BY i sets.
         return sorted(r["id"] for r in ids)

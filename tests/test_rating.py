@@ -131,10 +131,9 @@ async def test_dossiers_looked_up_ahead_for_a_batch_answer_as_one_lookup_and_a_r
     loosely, unknown, not completed) gets the outcome its own lookup would give; once a
     conversation of the batch rates a dossier, the next lookup of it says it is rated."""
     from bot.actions import ActionContext, find_dossier, look_up_dossiers, save_rating
+    from storage.models import Citizen
 
     typed = [f"mã hs: {COMPLETED.lower()}", IN_PROGRESS, "H42.99.99-261110-9999", "menu"]
-
-    from storage.models import Citizen
 
     def context(s, dossiers, vars=None):  # type: ignore[no-untyped-def]
         return ActionContext(
