@@ -29,6 +29,7 @@ from flows.actions import ACTIONS
 from flows.engine import ActionDone, FlowError
 from nlu.reading import Reading
 from nlu.text import find_dossier_code, find_report_code, fold, is_greeting
+from storage.messages import DeferredRating
 from storage.models import (
     Agency,
     Dossier,
@@ -53,9 +54,23 @@ class ActionContext:
     now: datetime
     vars: Mapping[str, Any]
     calendar: WorkCalendar
-    # Dossiers looked up ahead for the batch, by code (None: no such dossier); see
-    # `look_up_dossiers`. Absent, each lookup is a statement of its own.
+    # Dossiers looked up ahead for the batch, by code (None: no such dossier, RatedNow:
+    # rated in this batch); see `look_up_dossiers`. Absent, each lookup is a statement of
+    # its own.
     dossiers: dict[str, Any] | None = None
+    # How a `writes_later` action stores a rating with the batch (which may keep it for
+    # its last statement): False when the dossier has one already. Absent, it is stored
+    # now, on `session`.
+    store_rating: Callable[[DeferredRating], Awaitable[bool]] | None = None
+
+
+@dataclass(frozen=True)
+class RatedNow:
+    """A dossier rated in this batch: looked up again, it is rated (its rating may not be
+    in the table until the batch's last statement)."""
+
+    dossier: dict[str, Any]
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,11 @@ def is_pure(name: str) -> bool:
 def reads_only(name: str) -> bool:
     spec = ACTIONS.get(name)
     return spec is not None and spec.reads_only
+
+
+def writes_later(name: str) -> bool:
+    spec = ACTIONS.get(name)
+    return spec is not None and spec.writes_later
 
 
 def _checked(name: str, done: ActionDone) -> ActionDone:
@@ -194,6 +214,11 @@ async def find_dossier(ctx: ActionContext, args: Mapping[str, str]) -> ActionDon
     code = find_dossier_code(args.get("code", "")) or args.get("code", "")
     if ctx.dossiers is not None and code in ctx.dossiers:
         row = ctx.dossiers[code]
+        if isinstance(row, RatedNow):
+            return ActionDone(
+                "already_rated",
+                {"dossier_code": code, "dossier": row.dossier, "rated_on": local_date(row.at)},
+            )
     else:
         result = await (await ctx.session.connection()).execute(_DOSSIER_TO_RATE, {"code": code})
         row = result.first()
@@ -204,7 +229,7 @@ async def find_dossier(ctx: ActionContext, args: Mapping[str, str]) -> ActionDon
         return ActionDone("not_completed", found)
     if row.rated_at is not None:
         return ActionDone("already_rated", {**found, "rated_on": local_date(row.rated_at)})
-    fresh = {"answers": {}, "comment": None, "rating_id": None, "report_code": None}
+    fresh = {"answers": {}, "comment": None, "report_code": None}
     return ActionDone(
         "ready", {**found, **fresh, "criteria_count": len(ctx.settings.rating.criteria)}
     )
@@ -247,17 +272,21 @@ async def save_rating(ctx: ActionContext, args: Mapping[str, str]) -> ActionDone
         {"criterion": key, "value": level.value, "label": level.vi, "counts_as": level.counts_as}
         for key, level in levels
     ]
-    rating_id = await insert_rating(ctx.session, values, answers_stored)
-    if ctx.dossiers is not None:  # rated now: what was looked up ahead is out of date
-        ctx.dossiers.pop(dossier.get("code", ""), None)
-    if rating_id is None:
+    rating = DeferredRating(values, answers_stored)
+    if ctx.store_rating is not None:
+        stored = await ctx.store_rating(rating)
+    else:
+        stored = await insert_rating(ctx.session, values, answers_stored) is not None
+    if not stored:
         # Someone rated this dossier a moment ago, between lookup and save.
         existing = await ctx.session.scalar(
             select(Rating.created_at).where(Rating.dossier_id == dossier["id"])
         )
         return ActionDone("already_rated", {"rated_on": local_date(existing or ctx.now)})
+    if ctx.dossiers is not None:  # what was looked up ahead is out of date
+        ctx.dossiers[dossier["code"]] = RatedNow(dossier, ctx.now)
     unsatisfied = any(level.counts_as == "unsatisfied" for _, level in levels)
-    return ActionDone("unsatisfied" if unsatisfied else "saved", {"rating_id": rating_id})
+    return ActionDone("unsatisfied" if unsatisfied else "saved")
 
 
 async def new_report_code(session: AsyncSession, now: datetime) -> str:
@@ -281,14 +310,17 @@ async def create_feedback(ctx: ActionContext, args: Mapping[str, str]) -> Action
     field = dossier.get("field")
     routed = await route_report(ctx.session, field, None, dossier_id=dossier.get("id"))
     code = await new_report_code(ctx.session, ctx.now)
+    rating_id = await ctx.session.scalar(
+        select(Rating.id).where(Rating.dossier_id == dossier.get("id"))
+    )
     report = Report(
         code=code,
         citizen_id=ctx.citizen_id,
         channel=ctx.channel,
         text=text,
         dossier_id=dossier.get("id"),
-        rating_id=ctx.vars.get("rating_id"),
-        source="rating" if ctx.vars.get("rating_id") else "chat",
+        rating_id=rating_id,
+        source="rating" if rating_id else "chat",
         field=field,
         field_source="dossier" if field else None,
         nlu_status="pending",

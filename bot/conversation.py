@@ -1,10 +1,12 @@
-"""Conversations' events, a batch of conversations in one transaction.
+"""Conversations' events, a batch of conversations written together.
 
-`process(keys)` takes the pending inbox events of those conversations (their rows locked,
-so each conversation is handled by one process at a time, its events in order), runs
-each event through the flow engine and the actions it asks for, and writes the new
-states, the domain rows and the outgoing messages together: a handful of statements for
-the whole batch, however many conversations are in it.
+`process(keys)` takes the pending inbox events of those conversations, runs each event,
+in order, through the flow engine and the actions it asks for, and writes the new
+states, the domain rows and the outgoing messages together, in one transaction: a
+handful of statements for the whole batch, however many conversations are in it. Each
+conversation is handled by one process at a time: on SQLite the batch holds the write
+lock; on PostgreSQL a batch whose conversation another process wrote meanwhile writes
+nothing (storage/messages.py, `Conflict`) and that conversation is run again.
 
 One conversation's failure is its own. An event that fails before any table work (an
 official's button, a table action) is counted and the rest of the batch commits. One
@@ -47,6 +49,7 @@ from bot.actions import (
     reads_only,
     run_action,
     run_external,
+    writes_later,
 )
 from bot.channels.base import Inbound, message_body
 from bot.clock import Clock
@@ -62,6 +65,7 @@ from storage import messages
 from storage.db import Database
 from storage.messages import ConversationRow, EventRow, Outgoing
 from storage.models import OutboxMessage
+from storage.ops import insert_rating
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +137,8 @@ class Processed:
     external: dict[Key, External] = field(default_factory=dict)
     # Conversations with events left (more than one batch takes): to be run again now.
     more: set[Key] = field(default_factory=set)
-    # Conversations another process holds (PostgreSQL): to be run again shortly.
+    # Conversations another process wrote while the batch ran (PostgreSQL): nothing of
+    # theirs was written; to be run again shortly.
     again: set[Key] = field(default_factory=set)
     # Conversations with an event that failed (retried by the sweeper, later).
     failed: set[Key] = field(default_factory=set)
@@ -168,10 +173,12 @@ class _Round:
 
 class _Tables:
     """The ORM session of a batch, for the events with table work (official's buttons,
-    table actions): made on first use, on the batch's connection and in its transaction."""
+    table actions): made on first use, on the batch's connection; its first write asks
+    the batch for a transaction (`writes`)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, rows: messages.Batch) -> None:
         self.conn = conn
+        self.rows = rows
         self._session: AsyncSession | None = None
 
     @property
@@ -186,6 +193,11 @@ class _Tables:
                 join_transaction_mode="rollback_only",
             )
         return self._session
+
+    async def writes(self) -> AsyncSession:
+        """The session, for writing: inside the batch's transaction."""
+        await self.rows.begin()
+        return await self.session()
 
     async def flush(self) -> None:
         if self._session is not None:
@@ -216,12 +228,21 @@ class _Event:
     async def tables(self) -> AsyncSession:
         """The session for table work: inside this event's savepoint (opened on first
         use) when the batch has them; else the work stands or falls with the batch."""
-        s = await self.tables_.session()
+        s = await self.tables_.writes()
         if not self.savepoints:
             self.wrote = True
         elif self.savepoint is None:
             self.savepoint = await s.begin_nested()
         return s
+
+    async def store_rating(self, rating: messages.DeferredRating) -> bool:
+        """Store a rating: left to the batch's last statement where it can be (PostgreSQL,
+        outside a transaction, no savepoints), where it stands or falls with the batch as
+        table work does; else now. False when the dossier has a rating already."""
+        if not self.savepoints and self.tables_.rows.defer_rating(rating):
+            self.wrote = True
+            return True
+        return await insert_rating(await self.tables(), rating.values, rating.answers) is not None
 
     async def reads(self) -> AsyncSession:
         """The session, for reading only (nothing to roll back, so no savepoint)."""
@@ -333,7 +354,7 @@ class ConversationService:
             if self.sender is not None:
                 self.sender.release(out.reserved)
             if len(keys) > 1:
-                if not isinstance(exc, _Redo):
+                if not isinstance(exc, _Redo | messages.Conflict):
                     log.warning(
                         "a batch of %s conversations failed, one at a time now: %r",
                         len(keys),
@@ -347,6 +368,9 @@ class ConversationService:
                     batch.more |= one.more
                     batch.again |= one.again
                     batch.failed |= one.failed
+                return batch
+            if isinstance(exc, messages.Conflict):
+                batch.again.add(keys[0])
                 return batch
             await self._record_failure(keys[0], exc)
             batch.failed.add(keys[0])
@@ -364,10 +388,9 @@ class ConversationService:
     ) -> list[Outgoing]:
         async with self.db.batch() as conn:
             rows = messages.Batch(conn, self.db.is_sqlite, self.db.writer)
-            tables = _Tables(conn)
+            tables = _Tables(conn, rows)
             try:
                 loaded = await rows.load(list(keys), self.settings.chat.default_language, out.now)
-                batch.again |= loaded.elsewhere
                 libs = await self.flows.libraries_for(
                     loaded.pointers,
                     (c.flow_version_id for c in loaded.conversations.values()),
@@ -466,8 +489,9 @@ class ConversationService:
             elif is_pure(call.action):
                 done = await run_external(self._external_context(lib), call.action, call.args)
             else:
+                quiet = reads_only(call.action) or writes_later(call.action)
                 ctx = ActionContext(
-                    await (step.reads() if reads_only(call.action) else step.tables()),
+                    await (step.reads() if quiet else step.tables()),
                     self.settings,
                     conv.citizen_id,
                     conv.channel,
@@ -476,6 +500,7 @@ class ConversationService:
                     result.state.vars,
                     self.calendar,
                     dossiers,
+                    step.store_rating,
                 )
                 done = await run_action(ctx, call.action, call.args)
             result = engine.handle(lib, result.state, done, now)
@@ -611,7 +636,7 @@ class ConversationService:
                         await rows.rollback()
                         return
                     self._failed(conv, queue[0], exc, out)
-                    handed = await self._write(rows, _Tables(conn), loaded, out)
+                    handed = await self._write(rows, _Tables(conn, rows), loaded, out)
                 except BaseException:
                     await rows.rollback()
                     raise

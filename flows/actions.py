@@ -9,7 +9,9 @@ never runs inside a transaction, so a slow Rasa never holds one. An event that r
 is set aside, the call is made, and the event is processed again with the outcome (see
 bot/conversation.py); it must have an outcome for "could not ask" (`unavailable`). A
 `pure` action reads only its arguments (no table, no network): it runs wherever it is
-needed. A `reads_only` action reads tables and writes none: it needs no savepoint.
+needed. A `reads_only` action reads tables and writes none: it needs no savepoint. A
+`writes_later` action hands its writes to the batch, which can make them with its last
+statement (bot/conversation.py): it starts without a transaction.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class ActionSpec:
     external: bool = False
     pure: bool = False
     reads_only: bool = False
+    writes_later: bool = False
 
 
 ACTIONS: dict[str, ActionSpec] = {
@@ -43,6 +46,7 @@ ACTIONS: dict[str, ActionSpec] = {
         "Store the answers and the comment as the dossier's one rating.",
         args=(),
         outcomes=("saved", "unsatisfied", "already_rated"),
+        writes_later=True,
     ),
     "create_feedback": ActionSpec(
         "Store the citizen's text as feedback (phản ánh) and give a receipt code.",

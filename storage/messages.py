@@ -17,10 +17,16 @@ types, so what is written here reads back the same through the ORM.
   a transaction of the writer's otherwise. Its connections do not checkpoint the WAL
   (that flushes the disk: not on the loop's thread); the writer does, in a thread, once
   a second at most while they write.
-- `Batch` — a conversation batch's transaction (bot/conversation.py): `load` begins it
-  and reads the conversations and their pending events, `write` writes the states, the
-  inbox marks and the outgoing messages and commits, in the same calls. The ORM session
-  of the batch's table actions runs on the same connection, inside that transaction.
+- `Batch` — a conversation batch (bot/conversation.py): `load` reads the conversations
+  and their pending events, `write` writes the states, the inbox marks and the outgoing
+  messages and commits. On SQLite one transaction from the first to the last, in the
+  same calls. On PostgreSQL two statements, each its own transaction, with no lock held
+  between them (each a round trip that waits for a turn of the busy event loop: a
+  transaction around them made three more): a state is written only over the version of
+  its row the batch read, so that what another process wrote meanwhile is never written
+  over (the batch is then run again). The ORM session of the batch's table actions runs
+  on the same connection; on PostgreSQL their first write begins a transaction, which
+  the last statement's COMMIT ends.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiosqlite
@@ -43,7 +49,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import jsonio, sqlite_driver
-from storage.models import Conversation, InboxEvent, OutboxMessage
+from storage.models import Conversation, InboxEvent, OutboxMessage, Rating
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,8 @@ OUTBOX_INSERT = (
     "channel", "recipient", "conversation_id", "body", "status", "attempts", "next_attempt_at",
     "claimed_until", "created_at",
 )  # fmt: skip
+RATING_INSERT = ("dossier_id", "citizen_id", "channel", "comment", "created_at")
+ANSWER_INSERT = ("dossier_id", "criterion", "value", "label", "counts_as")
 
 
 # ---------------------------------------------------------------- rows
@@ -83,6 +91,9 @@ class ConversationRow:
     vars: dict[str, Any]
     started_at: datetime
     updated_at: datetime
+    # PostgreSQL: the version of the row this was read from (its `xmin`); the batch writes
+    # its new state only over that version.
+    row_version: int | None = None
 
 
 @dataclass(slots=True)
@@ -122,8 +133,6 @@ class Loaded:
     pointers: dict[str, int] = field(default_factory=dict)
     # Each recipient's messages not sent yet (ids).
     unsent: dict[Key, list[int]] = field(default_factory=lambda: defaultdict(list))
-    # Conversations another process holds now (PostgreSQL).
-    elsewhere: set[Key] = field(default_factory=set)
 
 
 @dataclass
@@ -136,6 +145,20 @@ class Changes:
     failures: list[dict[str, Any]] = field(default_factory=list)
     # Outbox rows (OUTBOX_INSERT columns), in order.
     messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Conflict(Exception):
+    """Another process wrote one of the batch's conversations, or rated one of its
+    dossiers, since the batch read them (PostgreSQL): the batch wrote nothing."""
+
+
+@dataclass
+class DeferredRating:
+    """A rating (RATING_INSERT columns) and its answers ({"criterion", "value", "label",
+    "counts_as"} each), stored with the batch's last statement (PostgreSQL)."""
+
+    values: dict[str, Any]
+    answers: list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------- conversion
@@ -201,6 +224,7 @@ def _marks(n: int) -> str:
 CONVERSATION: Table = Conversation.__table__  # type: ignore[attr-defined]
 INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+RATING: Table = Rating.__table__  # type: ignore[attr-defined]
 
 
 class _Converters:
@@ -214,6 +238,7 @@ class _Converters:
         self.inbox_time = t.bind(INBOX, "processed_at")
         self.outbox_in = [t.bind(OUTBOX, c) for c in OUTBOX_INSERT]
         self.outbox_time = t.bind(OUTBOX, "sent_at")
+        self.rating_in = [t.bind(RATING, c) for c in RATING_INSERT]
 
     def conversation(self, row: Sequence[Any]) -> ConversationRow:
         return ConversationRow(*(f(v) for f, v in zip(self.conv_out, row, strict=True)))
@@ -239,6 +264,9 @@ class _Converters:
     def outbox_row(self, row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(f(row[c]) for f, c in zip(self.outbox_in, OUTBOX_INSERT, strict=True))
 
+    def rating_row(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(f(row[c]) for f, c in zip(self.rating_in, RATING_INSERT, strict=True))
+
 
 _JSON = {"json_serializer": jsonio.dumps, "json_deserializer": jsonio.loads}
 SQLITE = _Converters(sqlite_dialect.dialect(**_JSON))
@@ -259,16 +287,17 @@ _SET_SENT = (
 )
 
 
-# A PostgreSQL batch's start in one statement: the conversations asked for (locked,
-# those another process holds skipped), their pending events in order, their unsent
-# messages, and (with $3) the flows' current versions; one row layout for all four,
-# told apart by the first column.
+# A PostgreSQL batch's start in one statement, outside any transaction: the conversations
+# asked for, each with the version of its row it was read at (`xmin`), their pending events
+# in order, their unsent messages, and (with $3) the flows' current versions; one row
+# layout for all four, told apart by the first column. Nothing is locked: the batch's last
+# statement writes a state only over the version it read (_PG_WRITE).
 _CONV, _EVENT, _UNSENT, _FLOW = range(4)
 _LOAD_SLOTS = {  # the conversation's columns first, in their order
     "id": "int", "channel": "text", "user_key": "text", "citizen_id": "int", "lang": "text",
     "flow_version_id": "int", "step": "text", "vars": "json", "started_at": "timestamptz",
-    "updated_at": "timestamptz", "kind": "text", "text": "text", "payload": "text",
-    "turn": "int", "attempts": "int", "flow": "text", "version": "int",
+    "updated_at": "timestamptz", "row_version": "xid", "kind": "text", "text": "text",
+    "payload": "text", "turn": "int", "attempts": "int", "flow": "text", "version": "int",
 }  # fmt: skip
 assert tuple(_LOAD_SLOTS)[: len(CONVERSATION_COLUMNS)] == CONVERSATION_COLUMNS
 
@@ -280,15 +309,18 @@ def _load_branch(kind: int, source: str, given: dict[str, str]) -> str:
 
 _SLOT_AT = {slot: i for i, slot in enumerate(_LOAD_SLOTS, 1)}
 _CONV_END = 1 + len(CONVERSATION_COLUMNS)
+_ROW_VERSION = _SLOT_AT["row_version"]
 _ID, _USER = _SLOT_AT["id"], _SLOT_AT["user_key"]
 _EVENT_AT = [_SLOT_AT[c] for c in EVENT_COLUMNS]
 _FLOW_ID, _FLOW_VERSION = _SLOT_AT["flow"], _SLOT_AT["version"]
 _PG_LOAD = (
-    f"WITH c AS ({_CONV_SELECT} WHERE channel = $1 AND user_key = ANY($2::text[]) "
-    "FOR UPDATE SKIP LOCKED) "
-    + " UNION ALL ".join(
+    " UNION ALL ".join(
         [
-            _load_branch(_CONV, "c", {c: c for c in CONVERSATION_COLUMNS}),
+            _load_branch(
+                _CONV,
+                "conversation WHERE channel = $1 AND user_key = ANY($2::text[])",
+                {**{c: c for c in CONVERSATION_COLUMNS}, "row_version": "xmin"},
+            ),
             _load_branch(
                 _EVENT,
                 "inbox WHERE channel = $1 AND user_key = ANY($2::text[]) AND status = 'pending'",
@@ -305,36 +337,43 @@ _PG_LOAD = (
     )
     + " ORDER BY 1, 2"
 )
-
-
-# A PostgreSQL batch's conversation states and outgoing messages in one statement (one
-# round trip, where an executemany and an insert made two): the states in a data-modifying
-# WITH, which runs whether or not there are messages; the messages' ids returned.
-_PG_STATES_AND_MESSAGES = (
-    "WITH s AS (UPDATE conversation SET lang = u.lang, flow_version_id = u.version, "
-    "step = u.step, vars = u.vars::json, updated_at = u.at FROM unnest($1::text[], $2::int[], "
-    "$3::text[], $4::text[], $5::timestamptz[], $6::int[]) AS u(lang, version, step, vars, at, "
-    "id) WHERE conversation.id = u.id) "
-    f"INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) SELECT c, r, v, b::json, s, a, n, "
-    "l, t FROM unnest($7::text[], $8::text[], $9::int[], $10::text[], $11::text[], "
-    "$12::int[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[]) WITH ORDINALITY "
-    "AS m(c, r, v, b, s, a, n, l, t, i) ORDER BY i RETURNING id"
+_PG_CONVERSATIONS = (
+    f"{_CONV_SELECT.replace(' FROM', ', xmin FROM')} WHERE channel = $1 "
+    "AND user_key = ANY($2::text[])"
 )
 
-
-def _pg_done_and_commit(done: list[int], now: datetime) -> str:
-    """The events handled marked done, and COMMIT, in one trip: a simple query, planned
-    each time. (As a prepared statement its plan, made while the inbox was small, stayed a
-    scan of the whole table: a new database has no statistics until autovacuum's first
-    ANALYZE.) Only integers and a timestamp are written into it."""
-    if not done:
-        return "COMMIT"
-    ids = ",".join(str(int(i)) for i in done)
-    at = now.astimezone(UTC).isoformat()
-    return (
-        f"UPDATE inbox SET status = 'done', processed_at = '{at}'::timestamptz "
-        f"WHERE id = ANY('{{{ids}}}'::int[]); COMMIT"
-    )
+# A PostgreSQL batch's writes in one statement, which commits them (one round trip, no
+# BEGIN nor COMMIT) unless the batch began a transaction for its table work: the
+# conversations' states, each only over the version of its row the batch read (`s`); the
+# events handled marked done (`d`: through the partial index of the pending ones, whatever
+# plan a new database's empty inbox gave it); the ratings stored with the batch (`r`, `a`:
+# their answers found by dossier, one rating per dossier); the outgoing messages, their
+# ids returned (`m`). A state written meanwhile by another process, or a dossier rated
+# meanwhile, fails the whole statement (hailong_conflict, migration 0010): nothing of the
+# batch is written, and it is run again.
+_PG_WRITE = (
+    "WITH s AS (UPDATE conversation SET lang = u.lang, flow_version_id = u.version, "
+    "step = u.step, vars = u.vars::json, updated_at = u.at FROM unnest($1::text[], $2::int[], "
+    "$3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::xid[]) AS u(lang, version, "
+    "step, vars, at, id, seen) WHERE conversation.id = u.id AND conversation.xmin = u.seen "
+    "RETURNING conversation.id), "
+    "d AS (UPDATE inbox SET status = 'done', processed_at = $8 WHERE status = 'pending' "
+    "AND id = ANY($9::int[])), "
+    f"r AS (INSERT INTO rating ({', '.join(RATING_INSERT)}) SELECT * FROM unnest($10::int[], "
+    "$11::int[], $12::text[], $13::text[], $14::timestamptz[]) "
+    "ON CONFLICT (dossier_id) DO NOTHING RETURNING id, dossier_id), "
+    f"a AS (INSERT INTO rating_answer (rating_id, {', '.join(ANSWER_INSERT[1:])}) "
+    "SELECT r.id, t.c, t.v, t.l, t.k FROM unnest($15::int[], $16::text[], $17::int[], "
+    "$18::text[], $19::text[]) AS t(dossier, c, v, l, k) JOIN r ON r.dossier_id = t.dossier), "
+    f"m AS (INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) SELECT c, r, v, b::json, s, a, n, "
+    "l, t FROM unnest($20::text[], $21::text[], $22::int[], $23::text[], $24::text[], "
+    "$25::int[], $26::timestamptz[], $27::timestamptz[], $28::timestamptz[]) WITH ORDINALITY "
+    "AS m(c, r, v, b, s, a, n, l, t, i) ORDER BY i RETURNING id) "
+    "SELECT id FROM m UNION ALL SELECT hailong_conflict('a conversation was written, or a "
+    "dossier rated, since the batch read it') "
+    "WHERE (SELECT count(*) FROM s) <> cardinality($6::int[]) "
+    "OR (SELECT count(*) FROM r) <> cardinality($10::int[])"
+)
 
 
 # ---------------------------------------------------------------- SQLite (sqlite3 calls)
@@ -677,9 +716,17 @@ async def _pg_codecs(conn: asyncpg.Connection) -> None:
 
 
 class Batch:
-    """The message path's statements in one batch's transaction, on `conn` (a connection
-    of `Database.batch()`): `load` begins it, `write` commits it, `rollback` undoes it.
-    The ORM session of the batch's table work runs on the same connection, inside it."""
+    """The message path's statements of one batch, on `conn` (a connection of
+    `Database.batch()`): `load` starts it, `write` ends it, committing what it did,
+    `rollback` undoes what it did after a failure. The ORM session of the batch's table
+    work runs on the same connection.
+
+    On SQLite the batch is one transaction, from `load` (BEGIN IMMEDIATE: the write lock)
+    to `write`. On PostgreSQL nothing is locked: `load` reads outside any transaction, and
+    `write` is one statement, its own transaction, which writes each conversation's state
+    only over the version the batch read (else it raises `Conflict`, having written
+    nothing). Table work first asks for a transaction (`begin`), which `write` then
+    commits; ratings can wait for `write` without one (`defer_rating`)."""
 
     def __init__(
         self, conn: AsyncConnection, is_sqlite: bool, writer: Writer | None = None
@@ -692,6 +739,8 @@ class Batch:
         # SQLite: the writer's queued writes this transaction makes, and what they stored.
         self._queued = Queued()
         self._stored: list[list[Any]] = []
+        # PostgreSQL: ratings waiting for the last statement, or for the transaction.
+        self._ratings: list[DeferredRating] = []
 
     async def _raw(self) -> Any:
         if self._driver is None:
@@ -699,7 +748,8 @@ class Batch:
         return self._driver
 
     async def rollback(self) -> None:
-        """Undo the transaction, if one is open (after a failure)."""
+        """Undo what the batch did, if anything is left to undo (after a failure)."""
+        self._ratings.clear()
         if not self._open:
             return
         self._open = False
@@ -712,10 +762,35 @@ class Batch:
         elif driver.is_in_transaction():
             await driver.execute("ROLLBACK")
 
+    async def begin(self) -> None:
+        """A transaction for the batch's table work, which `write` commits with the rest:
+        on SQLite the batch is in one already; on PostgreSQL it begins here, the ratings
+        that were waiting for the last statement stored first."""
+        if self.is_sqlite:
+            return
+        conn: asyncpg.Connection = await self._raw()
+        if conn.is_in_transaction():
+            return
+        await conn.execute("BEGIN")
+        if self._ratings:
+            await self._pg_write(conn, Changes(), None)
+
+    def defer_rating(self, rating: DeferredRating) -> bool:
+        """Keep a rating for the batch's last statement (PostgreSQL, outside a
+        transaction): True when it is kept, False when the caller stores it now (also a
+        second rating of a dossier this batch rates: stored now, it is told it is one)."""
+        if self.is_sqlite or self._driver is None or self._driver.is_in_transaction():
+            return False
+        dossier = rating.values["dossier_id"]
+        if any(r.values["dossier_id"] == dossier for r in self._ratings):
+            return False
+        self._ratings.append(rating)
+        return True
+
     async def load(self, keys: list[Key], lang: str, now: datetime) -> Loaded:
-        """The conversations (locked; created for a first message), their pending events,
-        the flows' current versions, and the recipients' unsent messages; `keys` are one
-        or more (a batch is never empty)."""
+        """The conversations (created for a first message; locked on SQLite), their
+        pending events, the flows' current versions, and the recipients' unsent messages;
+        `keys` are one or more (a batch is never empty)."""
         out = Loaded()
         self._open = True
         if self.is_sqlite:
@@ -733,7 +808,7 @@ class Batch:
             conv_rows = [SQLITE.conversation(r) for r in convs]
             event_rows = [SQLITE.event(r) for r in events]
         else:
-            conv_rows, event_rows, pointers, unsent = await self._pg_load(keys, lang, now, out)
+            conv_rows, event_rows, pointers, unsent = await self._pg_load(keys, lang, now)
         for c in conv_rows:
             out.conversations[(c.channel, c.user_key)] = c
         for e in event_rows:
@@ -767,69 +842,66 @@ class Batch:
             self.writer.committed()
 
     async def _pg_load(
-        self, keys: list[Key], lang: str, now: datetime, out: Loaded
+        self, keys: list[Key], lang: str, now: datetime
     ) -> tuple[list[ConversationRow], list[EventRow], list[Any], list[Any]]:
         conn: asyncpg.Connection = await self._raw()
         if conn.is_in_transaction():  # left over by a batch that could not roll back
             await conn.execute("ROLLBACK")
-        await conn.execute("BEGIN")
         convs: list[ConversationRow] = []
         events: list[EventRow] = []
         unsent: list[Any] = []
         pointers: list[Any] = []
         for n, (channel, users) in enumerate(_groups(keys).items()):
             rows = await conn.fetch(_PG_LOAD, channel, users, n == 0)
-            found = [PG.conversation(r[1:_CONV_END]) for r in rows if r[0] == _CONV]
-            mine = {c.user_key for c in found}
-            missing = [u for u in users if u not in mine]
-            if missing:
-                # Held by another process, or not there yet (then made here).
-                for r in await conn.fetch(
-                    "SELECT user_key FROM conversation WHERE channel = $1 "
-                    "AND user_key = ANY($2::text[])",
-                    channel,
-                    missing,
-                ):
-                    out.elsewhere.add((channel, r["user_key"]))
-                    missing.remove(r["user_key"])
-            if missing:
-                citizens = await conn.fetch(
-                    "INSERT INTO citizen (created_at) SELECT $1::timestamptz FROM "
-                    "generate_series(1, $2) RETURNING id",
-                    now,
-                    len(missing),
-                )
-                made = await conn.fetch(
-                    "INSERT INTO conversation (channel, user_key, citizen_id, lang, vars, "
-                    "started_at, updated_at) SELECT $1, u, c, $4, '{}'::json, $5, $5 FROM "
-                    "unnest($2::text[], $3::int[]) AS t(u, c) "
-                    "ON CONFLICT (channel, user_key) DO NOTHING RETURNING "
-                    + ", ".join(CONVERSATION_COLUMNS),
-                    channel,
-                    missing,
-                    [r["id"] for r in citizens],
-                    lang,
-                    now,
-                )
-                found += [PG.conversation(r) for r in made]
-                mine |= {r["user_key"] for r in made}
-                for user_key in set(missing) - {r["user_key"] for r in made}:
-                    out.elsewhere.add((channel, user_key))  # made by another process just now
-                used = {r["citizen_id"] for r in made}
-                if unused := [r["id"] for r in citizens if r["id"] not in used]:
-                    await conn.execute("DELETE FROM citizen WHERE id = ANY($1::int[])", unused)
+            found = [
+                _pg_conversation(r[1:_CONV_END], r[_ROW_VERSION]) for r in rows if r[0] == _CONV
+            ]
+            known = {c.user_key for c in found}
+            if missing := [u for u in users if u not in known]:
+                found += await self._pg_create(conn, channel, missing, lang, now)
             convs += found
-            # The events and unsent messages of the conversations held here (those another
-            # process holds are its own); a conversation made just now had its events read
-            # in the same statement, before it existed.
+            # A conversation made just now had its events read in the same statement,
+            # before it existed.
             for r in rows:
-                if r[0] == _EVENT and r[_USER] in mine:
+                if r[0] == _EVENT:
                     events.append(PG.event([r[c] for c in _EVENT_AT]))
-                elif r[0] == _UNSENT and r[_USER] in mine:
+                elif r[0] == _UNSENT:
                     unsent.append((channel, r[_USER], r[_ID]))
                 elif r[0] == _FLOW:
                     pointers.append((r[_FLOW_ID], r[_FLOW_VERSION]))
         return convs, events, pointers, unsent
+
+    async def _pg_create(
+        self, conn: asyncpg.Connection, channel: str, users: list[str], lang: str, now: datetime
+    ) -> list[ConversationRow]:
+        """Conversations for first messages, each with a citizen of its own, in a
+        transaction of their own; one another process made meanwhile is read instead."""
+        returning = f"RETURNING {', '.join(CONVERSATION_COLUMNS)}, xmin"
+        async with conn.transaction():
+            citizens = await conn.fetch(
+                "INSERT INTO citizen (created_at) SELECT $1::timestamptz FROM "
+                "generate_series(1, $2) RETURNING id",
+                now,
+                len(users),
+            )
+            made = await conn.fetch(
+                "INSERT INTO conversation (channel, user_key, citizen_id, lang, vars, "
+                "started_at, updated_at) SELECT $1, u, c, $4, '{}'::json, $5, $5 FROM "
+                "unnest($2::text[], $3::int[]) AS t(u, c) "
+                f"ON CONFLICT (channel, user_key) DO NOTHING {returning}",
+                channel,
+                users,
+                [r["id"] for r in citizens],
+                lang,
+                now,
+            )
+            used = {r["citizen_id"] for r in made}
+            if unused := [r["id"] for r in citizens if r["id"] not in used]:
+                await conn.execute("DELETE FROM citizen WHERE id = ANY($1::int[])", unused)
+        if others := sorted(set(users) - {r["user_key"] for r in made}):
+            made += await conn.fetch(_PG_CONVERSATIONS, channel, others)
+        width = len(CONVERSATION_COLUMNS)
+        return [_pg_conversation(r[:width], r[width]) for r in made]
 
     async def write(self, changes: Changes, now: datetime) -> list[int]:
         """States, inbox marks and outgoing messages, and commit; the messages' ids, in
@@ -861,7 +933,8 @@ class Batch:
                 self.writer.committed()
             return ids  # type: ignore[no-any-return]
         conn: asyncpg.Connection = await self._raw()
-        if changes.failures:
+        if changes.failures:  # rare: with the rest, in a transaction
+            await self.begin()
             await conn.executemany(
                 _SET_FAILURE.format("$1", "$2", "$3", "$4", "$5"),
                 [
@@ -869,22 +942,42 @@ class Batch:
                     for f in changes.failures
                 ],
             )
-        ids: list[int] = []
-        if changes.messages or changes.conversations:
-            ids = await self._pg_states_and_messages(conn, changes)
-        await conn.execute(_pg_done_and_commit(changes.done, now))
+        ids = await self._pg_write(conn, changes, now)
+        if conn.is_in_transaction():
+            await conn.execute("COMMIT")
         self._open = False
         return ids
 
-    async def _pg_states_and_messages(
-        self, conn: asyncpg.Connection, changes: Changes
+    async def _pg_write(
+        self, conn: asyncpg.Connection, changes: Changes, now: datetime | None
     ) -> list[int]:
-        states = [PG.state(conv) for conv in changes.conversations]
+        """_PG_WRITE with the batch's changes and the ratings waiting for it; the
+        messages' ids, in order."""
+        states = [(*PG.state(c), c.row_version) for c in changes.conversations]
+        ratings, self._ratings = self._ratings, []
+        answers = [(r.values["dossier_id"], *_answer(a)) for r in ratings for a in r.answers]
         rows = [PG.outbox_row(m) for m in changes.messages]
-        ids = await conn.fetch(
-            _PG_STATES_AND_MESSAGES,
-            *_columns(states, STATE_WIDTH),
-            *_columns(rows, len(OUTBOX_INSERT)),
-        )
+        try:
+            ids = await conn.fetch(
+                _PG_WRITE,
+                *_columns(states, STATE_WIDTH + 1),
+                PG.inbox_time(now),
+                changes.done,
+                *_columns([PG.rating_row(r.values) for r in ratings], len(RATING_INSERT)),
+                *_columns(answers, len(ANSWER_INSERT)),
+                *_columns(rows, len(OUTBOX_INSERT)),
+            )
+        except asyncpg.SerializationError as exc:
+            raise Conflict(str(exc)) from exc
         # Ids come from the sequence in the order of insertion, which ORDER BY i sets.
         return sorted(r["id"] for r in ids)
+
+
+def _answer(a: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(a[c] for c in ANSWER_INSERT[1:])
+
+
+def _pg_conversation(values: Sequence[Any], row_version: int) -> ConversationRow:
+    conv = PG.conversation(values)
+    conv.row_version = row_version
+    return conv

@@ -478,8 +478,8 @@ async def test_a_batch_starts_from_its_conversations_pending_events_and_unsent_m
 ) -> None:
     """What a batch loads, on both backends: the conversations asked for (made for a first
     message, on any channel), only their pending events, in order, their unsent messages,
-    the flows' versions; on PostgreSQL a conversation another process holds is left to it,
-    its events too."""
+    the flows' versions; on PostgreSQL without waiting for a conversation whose row
+    another process has locked, read as it was."""
     import asyncpg  # type: ignore[import-untyped]
 
     from storage.models import Citizen, Conversation, Flow
@@ -534,13 +534,11 @@ async def test_a_batch_starts_from_its_conversations_pending_events_and_unsent_m
     assert flows
 
     holder = None
-    if pg:  # another process holds "held"
+    if pg:  # another process is writing "held"
         holder = await asyncpg.connect(asyncpg_dsn(db_url))
         await holder.execute("BEGIN")
-        await holder.execute("SELECT 1 FROM conversation WHERE user_key = 'held' FOR UPDATE")
-    keys = [("zalo", "u1"), ("zalo", "held"), ("telegram", "t1")] if pg else [
-        ("zalo", "u1"), ("telegram", "t1")
-    ]  # fmt: skip
+        await holder.execute("UPDATE conversation SET step = 'menu' WHERE user_key = 'held'")
+    keys = [("zalo", "u1"), ("zalo", "held"), ("telegram", "t1")]
     try:
         async with service.db.batch() as conn:
             batch = messages.Batch(conn, service.db.is_sqlite, service.db.writer)
@@ -550,16 +548,21 @@ async def test_a_batch_starts_from_its_conversations_pending_events_and_unsent_m
         if holder is not None:
             await holder.close()
 
-    assert set(loaded.conversations) == {("zalo", "u1"), ("telegram", "t1")}
+    assert set(loaded.conversations) == set(keys)
     assert loaded.conversations[("zalo", "u1")].id == convs["u1"]
+    assert loaded.conversations[("zalo", "held")].step is None  # as it was
     assert {k: [e.id for e in v] for k, v in loaded.events.items() if v} == {
         ("zalo", "u1"): [events["e0"], events["e4"]],
+        ("zalo", "held"): [events["e2"]],
         ("telegram", "t1"): [events["e3"]],
     }
     assert loaded.events[("telegram", "t1")][0].text == "event 3"
-    assert {k: v for k, v in loaded.unsent.items() if v} == {("zalo", "u1"): [unsent[0]]}
+    assert {k: len(v) for k, v in loaded.unsent.items() if v} == {
+        ("zalo", "u1"): 1,
+        ("zalo", "held"): 1,
+    }
+    assert loaded.unsent[("zalo", "u1")] == [unsent[0]]
     assert loaded.pointers == flows
-    assert loaded.elsewhere == ({("zalo", "held")} if pg else set())
 
 
 async def test_a_batch_writes_its_states_events_done_and_messages_and_gives_their_ids_in_order(
@@ -619,6 +622,165 @@ async def test_a_batch_writes_its_states_events_done_and_messages_and_gives_thei
     assert inbox == ["done", "done"]
     assert ids == sorted(ids) and [outbox[i].body for i in ids] == bodies
     assert {m.recipient for m in outbox.values()} == {"talks"}
+
+
+def _message(conv: messages.ConversationRow, text: str, now: Any) -> dict[str, Any]:
+    return {
+        "channel": conv.channel, "recipient": conv.user_key, "conversation_id": conv.id,
+        "body": {"text": text, "buttons": []}, "status": "pending", "attempts": 0,
+        "next_attempt_at": now, "claimed_until": None, "created_at": now,
+    }  # fmt: skip
+
+
+async def test_a_batch_writes_nothing_over_what_another_process_wrote_since_it_read(
+    http: TestClient, service: Service, province: dict[str, int], clock: ManualClock
+) -> None:
+    """PostgreSQL, where a batch locks nothing between its first statement and its last:
+    when another process wrote one of its conversations, or rated a dossier it rates,
+    after it read them, its last statement writes nothing at all (not its other
+    conversation's state, events or messages either) and raises Conflict; what the other
+    process wrote stands."""
+    from storage.models import Conversation, RatingAnswer
+    from storage.ops import insert_rating
+
+    if service.db.is_sqlite:
+        pytest.skip("SQLite: a batch holds the write lock from its first statement to its last")
+    now = clock.now()
+    keys = [("zalo", "u1"), ("zalo", "u2")]
+    async with service.db.transaction() as s:
+        for n, (channel, user) in enumerate(keys):
+            s.add(
+                InboxEvent(
+                    channel=channel, platform_id=f"c{n}", user_key=user, kind="text",
+                    text="xin chào", received_at=now, status="pending",
+                )
+            )  # fmt: skip
+        dossier = (await s.exec(select(Dossier).where(Dossier.code == COMPLETED))).one()
+
+    async def state() -> dict[str, tuple[str | None, list[str], list[str]]]:
+        """Each conversation's step, its events' statuses, its messages."""
+        async with service.db.sessions() as s:
+            convs = (await s.exec(select(Conversation))).all()
+            events = (await s.exec(select(InboxEvent).order_by(InboxEvent.id))).all()  # type: ignore[arg-type]
+            sent = (await s.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all()  # type: ignore[arg-type]
+        return {
+            c.user_key: (
+                c.step,
+                [e.status for e in events if e.user_key == c.user_key],
+                [m.body["text"] for m in sent if m.recipient == c.user_key],
+            )
+            for c in convs
+        }
+
+    async def batch_of_both(meanwhile: Any, rate: bool) -> None:
+        async with service.db.batch() as conn:
+            batch = messages.Batch(conn, False)
+            loaded = await batch.load(keys, "vi", now)
+            if rate:
+                citizen = loaded.conversations[keys[1]].citizen_id
+                values = {
+                    "dossier_id": dossier.id, "citizen_id": citizen, "channel": "zalo",
+                    "comment": None, "created_at": now,
+                }  # fmt: skip
+                answer = {"criterion": "time", "value": 5, "label": "Rất hài lòng"}
+                rating = messages.DeferredRating(values, [{**answer, "counts_as": "satisfied"}])
+                assert batch.defer_rating(rating)
+            await meanwhile()
+            convs = [loaded.conversations[k] for k in keys]
+            for conv in convs:
+                conv.step = "ask_code"
+            changes = messages.Changes(
+                conversations=convs,
+                done=[e.id for k in keys for e in loaded.events[k]],
+                messages=[_message(c, "từ lô này", now) for c in convs],
+            )
+            with pytest.raises(messages.Conflict):
+                await batch.write(changes, now)
+            await batch.rollback()
+
+    async def another_process_answers_u1() -> None:
+        async with service.db.batch() as conn:
+            other = messages.Batch(conn, False)
+            loaded = await other.load([keys[0]], "vi", now)
+            u1 = loaded.conversations[keys[0]]
+            u1.step = "menu"
+            changes = messages.Changes(
+                conversations=[u1],
+                done=[e.id for e in loaded.events[keys[0]]],
+                messages=[_message(u1, "từ tiến trình khác", now)],
+            )
+            await other.write(changes, now)
+
+    await batch_of_both(another_process_answers_u1, rate=False)
+    assert await state() == {
+        "u1": ("menu", ["done"], ["từ tiến trình khác"]),
+        "u2": (None, ["pending"], []),
+    }
+
+    other_rating: list[int | None] = []
+
+    async def another_process_rates_the_dossier() -> None:
+        values = {
+            "dossier_id": dossier.id, "citizen_id": 1, "channel": "telegram", "comment": "trước",
+            "created_at": now,
+        }  # fmt: skip
+        answer = {"criterion": "time", "value": 2, "label": "Không hài lòng"}
+        async with service.db.transaction() as s:
+            other_rating.append(
+                await insert_rating(s, values, [{**answer, "counts_as": "unsatisfied"}])
+            )
+
+    await batch_of_both(another_process_rates_the_dossier, rate=True)
+    assert await state() == {
+        "u1": ("menu", ["done"], ["từ tiến trình khác"]),
+        "u2": (None, ["pending"], []),
+    }
+    async with service.db.sessions() as s:
+        ratings = (await s.exec(select(Rating))).all()
+        answers = (await s.exec(select(RatingAnswer))).all()
+    assert [(r.id, r.comment) for r in ratings] == [(other_rating[0], "trước")]
+    assert [(a.rating_id, a.value) for a in answers] == [(other_rating[0], 2)]
+
+
+async def test_two_citizens_finishing_ratings_of_one_dossier_in_one_batch_store_one(
+    http: TestClient, service: Service, province: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two citizens rate the same dossier and send their last answers together: the batch
+    stores one rating with its answers, thanks one citizen and tells the other it was
+    rated (on PostgreSQL the first rating waits for the batch's last statement)."""
+    from storage.models import RatingAnswer
+
+    citizens = []
+    for _ in range(2):
+        c = ChatClient(TestClient(http.server))
+        await c.http.start_server()
+        await c.open()
+        await c.start(COMPLETED)
+        for _ in range(5):
+            last = await c.tap("Hài lòng")
+        assert "góp ý" in question(last[-1])
+        citizens.append(c)
+    monkeypatch.setattr(service.dispatcher, "notify", lambda *key: None)
+    for c in citizens:
+        await c.post({"payload": "skip", "title": "Bỏ qua", "turn": c.current_turn()})
+    async with service.db.sessions() as s:
+        pending = (await s.exec(select(InboxEvent).where(InboxEvent.status == "pending"))).all()
+    keys = [(e.channel, e.user_key) for e in pending]
+    assert len(set(keys)) == 2
+    done = await service.conversations.process(keys)
+    assert done.events == 2 and not done.failed and not done.again
+    monkeypatch.undo()
+
+    said = [texts(await c.replies()) for c in citizens]
+    thanked = [s for s in said if "Cảm ơn anh/chị đã dành thời gian đánh giá" in s]
+    told = [s for s in said if "Mỗi hồ sơ chỉ được đánh giá một lần" in s]
+    assert len(thanked) == 1 and len(told) == 1
+    async with service.db.sessions() as s:
+        [rating] = (await s.exec(select(Rating))).all()
+        answers = (await s.exec(select(RatingAnswer))).all()
+    assert len(answers) == 5 and {a.rating_id for a in answers} == {rating.id}
+    for c in citizens:
+        await c.http.close()
 
 
 async def test_sqlite_connections_keep_their_temporary_journals_in_memory(
