@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 Recipient = tuple[str, str]  # (channel, recipient)
 
 LEASE = timedelta(seconds=120)
+RECENTLY_RECORDED = 4096  # message ids remembered after they are recorded sent
 BATCH = 200
 
 
@@ -101,6 +102,8 @@ class OutboxSender:
         self._lanes: dict[Recipient, _Lane] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[int] = set()
+        # The last messages recorded sent: a batch may have read one as unsent just before.
+        self._recorded: OrderedDict[int, None] = OrderedDict()
         # Sent, waiting to be recorded (one transaction for all that are ready).
         self._sent: list[tuple[Message, str | None]] = []
         self._recorder: asyncio.Task[None] | None = None
@@ -111,8 +114,10 @@ class OutboxSender:
         return bool(self._tasks)
 
     def in_flight(self, message_id: int) -> bool:
-        """Whether this sender holds the message: handed to it and not recorded sent."""
-        return message_id in self._in_flight
+        """Whether this sender holds the message: handed to it and not recorded sent, or
+        recorded sent a moment ago (a batch that read it as unsent just before may hand
+        the next message of its recipient over all the same)."""
+        return message_id in self._in_flight or message_id in self._recorded
 
     def wake(self) -> None:
         for event in self._wakes.values():
@@ -213,6 +218,11 @@ class OutboxSender:
                     "are sent again",
                     len(sent),
                 )
+            else:
+                for m, _ in sent:
+                    self._recorded[m.id] = None  # type: ignore[index]
+                while len(self._recorded) > RECENTLY_RECORDED:
+                    self._recorded.popitem(last=False)
             for m, _ in sent:
                 self._in_flight.discard(m.id)  # type: ignore[arg-type]
 
