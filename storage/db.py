@@ -148,8 +148,12 @@ class Database:
         its own transaction (storage/messages.py), with an ORM session on the same
         connection for table work. SQLite: the batch is this process's writer meanwhile."""
         if self._write_lock is None:
-            async with self.batch_engine.connect() as conn:
-                yield conn
+            self.writer.batch_started()  # its last statement takes the sent marks waiting
+            try:
+                async with self.batch_engine.connect() as conn:
+                    yield conn
+            finally:
+                self.writer.batch_ended()
             return
         self.writer.batches_waiting += 1  # the writer leaves its queued writes to the batch
         try:

@@ -342,15 +342,23 @@ _PG_CONVERSATIONS = (
     "AND user_key = ANY($2::text[])"
 )
 
+# Messages marked sent (id, when, the platform's id), those still claimed.
+_PG_SENT = (
+    "UPDATE outbox SET status = 'sent', sent_at = y.at, platform_message_id = y.pid, "
+    "last_error = NULL FROM unnest(${0}::int[], ${1}::timestamptz[], ${2}::text[]) "
+    "AS y(id, at, pid) WHERE outbox.id = y.id AND outbox.status = 'sending'"
+)
+
 # A PostgreSQL batch's writes in one statement, which commits them (one round trip, no
 # BEGIN nor COMMIT) unless the batch began a transaction for its table work: the
 # conversations' states, each only over the version of its row the batch read (`s`); the
 # events handled marked done (`d`: through the partial index of the pending ones, whatever
 # plan a new database's empty inbox gave it); the ratings stored with the batch (`r`, `a`:
 # their answers found by dossier, one rating per dossier); the outgoing messages, their
-# ids returned (`m`). A state written meanwhile by another process, or a dossier rated
-# meanwhile, fails the whole statement (hailong_conflict, migration 0010): nothing of the
-# batch is written, and it is run again.
+# ids returned (`m`); the messages the writer was told were sent meanwhile (`x`). A state
+# written meanwhile by another process, or a dossier rated meanwhile, fails the whole
+# statement (hailong_conflict, migration 0010): nothing of the batch is written, and it
+# is run again.
 _PG_WRITE = (
     "WITH s AS (UPDATE conversation SET lang = u.lang, flow_version_id = u.version, "
     "step = u.step, vars = u.vars::json, updated_at = u.at FROM unnest($1::text[], $2::int[], "
@@ -368,7 +376,8 @@ _PG_WRITE = (
     f"m AS (INSERT INTO outbox ({', '.join(OUTBOX_INSERT)}) SELECT c, r, v, b::json, s, a, n, "
     "l, t FROM unnest($20::text[], $21::text[], $22::int[], $23::text[], $24::text[], "
     "$25::int[], $26::timestamptz[], $27::timestamptz[], $28::timestamptz[]) WITH ORDINALITY "
-    "AS m(c, r, v, b, s, a, n, l, t, i) ORDER BY i RETURNING id) "
+    "AS m(c, r, v, b, s, a, n, l, t, i) ORDER BY i RETURNING id), "
+    f"x AS ({_PG_SENT.format(29, 30, 31)}) "
     "SELECT id FROM m UNION ALL SELECT hailong_conflict('a conversation was written, or a "
     "dossier rated, since the batch read it') "
     "WHERE (SELECT count(*) FROM s) <> cardinality($6::int[]) "
@@ -561,9 +570,12 @@ class Writer:
         self._sqlite: sqlite_driver.InlineConnection | None = None
         self._pg: asyncpg.Pool | None = None
         # SQLite: writes waiting for the lock, batches waiting for it, the task that
-        # makes the writes when no batch does.
+        # makes the writes when no batch does. PostgreSQL: sent marks waiting for the
+        # running batch's last statement, and the batches running.
         self._queued = Queued()
         self.batches_waiting = 0
+        self.batches_running = 0
+        self._batch_ended = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         # SQLite: WAL checkpoints, on a connection of their own, in its thread.
         self.checkpoint_every = checkpoint_every
@@ -579,9 +591,49 @@ class Writer:
     async def _enqueue(self, kind: str, rows: list[tuple[Any, ...]]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         getattr(self._queued, kind).append((rows, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="sqlite-writer")
+        self._start_flusher()
         return await future
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            flush = self._flush() if self.is_sqlite else self._pg_flush()
+            self._flusher = asyncio.create_task(flush, name="message-writer")
+
+    def batch_started(self) -> None:
+        """PostgreSQL: a batch runs; its last statement takes the sent marks waiting."""
+        self.batches_running += 1
+
+    def batch_ended(self) -> None:
+        self.batches_running -= 1
+        self._batch_ended.set()
+
+    def take_sent(self) -> Queued:
+        """PostgreSQL: the sent marks waiting, for a batch's last statement to make."""
+        queued, self._queued = self._queued, Queued()
+        return queued
+
+    def give_back(self, queued: Queued) -> None:
+        """Sent marks a batch took and could not make: made by the writer instead."""
+        self._queued.sent[:0] = queued.sent
+        if self._queued:
+            self._start_flusher()
+
+    async def _pg_flush(self) -> None:
+        """PostgreSQL: sent marks go with the last statement of the batch running, if one
+        is (one commit fewer); else, or when it ended without them, in a statement of
+        their own."""
+        while self._queued:
+            if self.batches_running:
+                self._batch_ended.clear()
+                await self._batch_ended.wait()
+                continue
+            queued = self.take_sent()
+            try:
+                await self._pg_sent([row for rows, _ in queued.sent for row in rows])
+                outcome: list[list[Any]] | Exception = []
+            except Exception as exc:
+                outcome = exc
+            queued.settle(outcome)
 
     async def _flush(self) -> None:
         """Make the queued writes, unless a batch waiting for the lock does first."""
@@ -671,16 +723,12 @@ class Writer:
         if self.is_sqlite:
             await self._enqueue("sent", [(SQLITE.outbox_time(at), pid, i) for i, at, pid in sent])
             return
+        await self._enqueue("sent", sent)
+
+    async def _pg_sent(self, sent: list[tuple[Any, ...]]) -> None:
         pool = await self._pg_pool()
         async with pool.acquire() as conn:  # one statement: all of them or none
-            await conn.execute(
-                "UPDATE outbox SET status = 'sent', sent_at = s.at, platform_message_id = s.pid, "
-                "last_error = NULL FROM unnest($1::int[], $2::timestamptz[], $3::text[]) "
-                "AS s(id, at, pid) WHERE outbox.id = s.id AND outbox.status = 'sending'",
-                [i for i, _, _ in sent],
-                [at for _, at, _ in sent],
-                [pid for _, _, pid in sent],
-            )
+            await conn.execute(_PG_SENT.format(1, 2, 3), *_columns(sent, 3))
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -773,7 +821,7 @@ class Batch:
             return
         await conn.execute("BEGIN")
         if self._ratings:
-            await self._pg_write(conn, Changes(), None)
+            await self._pg_write(conn, Changes(), None, Queued())
 
     def defer_rating(self, rating: DeferredRating) -> bool:
         """Keep a rating for the batch's last statement (PostgreSQL, outside a
@@ -942,17 +990,24 @@ class Batch:
                     for f in changes.failures
                 ],
             )
-        ids = await self._pg_write(conn, changes, now)
-        if conn.is_in_transaction():
-            await conn.execute("COMMIT")
+        sent = self.writer.take_sent() if self.writer is not None else Queued()
+        try:
+            ids = await self._pg_write(conn, changes, now, sent)
+            if conn.is_in_transaction():
+                await conn.execute("COMMIT")
+        except BaseException:
+            if self.writer is not None:
+                self.writer.give_back(sent)
+            raise
+        sent.settle([])
         self._open = False
         return ids
 
     async def _pg_write(
-        self, conn: asyncpg.Connection, changes: Changes, now: datetime | None
+        self, conn: asyncpg.Connection, changes: Changes, now: datetime | None, sent: Queued
     ) -> list[int]:
-        """_PG_WRITE with the batch's changes and the ratings waiting for it; the
-        messages' ids, in order."""
+        """_PG_WRITE with the batch's changes, the ratings waiting for it and the sent
+        marks the writer was given; the messages' ids, in order."""
         states = [(*PG.state(c), c.row_version) for c in changes.conversations]
         ratings, self._ratings = self._ratings, []
         answers = [(r.values["dossier_id"], *_answer(a)) for r in ratings for a in r.answers]
@@ -966,6 +1021,7 @@ class Batch:
                 *_columns([PG.rating_row(r.values) for r in ratings], len(RATING_INSERT)),
                 *_columns(answers, len(ANSWER_INSERT)),
                 *_columns(rows, len(OUTBOX_INSERT)),
+                *_columns([mark for marks, _ in sent.sent for mark in marks], 3),
             )
         except asyncpg.SerializationError as exc:
             raise Conflict(str(exc)) from exc

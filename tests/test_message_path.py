@@ -742,6 +742,69 @@ async def test_a_batch_writes_nothing_over_what_another_process_wrote_since_it_r
     assert [(a.rating_id, a.value) for a in answers] == [(other_rating[0], 2)]
 
 
+async def test_messages_sent_while_a_batch_runs_are_recorded_by_its_last_statement(
+    http: TestClient, service: Service, clock: ManualClock
+) -> None:
+    """PostgreSQL: a message recorded sent while a batch runs is written sent by that
+    batch's last statement (one commit fewer), or, when the batch fails, by the writer
+    once the batch has ended; with no batch running, by the writer at once."""
+    if service.db.is_sqlite:
+        pytest.skip("SQLite: the writer's waiting writes go into the next batch (test_zalo)")
+    now = clock.now()
+    async with service.db.transaction() as s:
+        claimed = [
+            OutboxMessage(
+                channel="zalo", recipient=f"r{n}", body={"text": "x"}, status="sending",
+                attempts=1, next_attempt_at=now, claimed_until=now, created_at=now,
+            )
+            for n in range(3)
+        ]  # fmt: skip
+        s.add_all(claimed)
+    ids = [m.id for m in claimed]
+    writer = service.db.writer
+
+    async def statuses() -> list[str]:
+        async with service.db.sessions() as s:
+            rows = (await s.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all()  # type: ignore[arg-type]
+        return [m.status for m in rows]
+
+    await writer.record_sent([(ids[0], now, "p0")])  # no batch runs: written at once
+    assert await statuses() == ["sent", "sending", "sending"]
+
+    async with service.db.batch() as conn:
+        batch = messages.Batch(conn, False, writer)
+        await batch.load([("zalo", "u1")], "vi", now)
+        recording = asyncio.create_task(writer.record_sent([(ids[1], now, "p1")]))
+        await asyncio.sleep(0.05)
+        assert not recording.done() and await statuses() == ["sent", "sending", "sending"]
+        await batch.write(messages.Changes(), now)
+        await asyncio.wait_for(recording, 5)
+        assert await statuses() == ["sent", "sent", "sending"]
+
+    async with service.db.batch() as conn:
+        batch = messages.Batch(conn, False, writer)
+        loaded = await batch.load([("zalo", "u1")], "vi", now)
+        recording = asyncio.create_task(writer.record_sent([(ids[2], now, "p2")]))
+        await asyncio.sleep(0.05)
+        async with service.db.batch() as other:  # another process answers u1 meanwhile
+            rival = messages.Batch(other, False)
+            first = (await rival.load([("zalo", "u1")], "vi", now)).conversations
+            await rival.write(messages.Changes(conversations=list(first.values())), now)
+        with pytest.raises(messages.Conflict):
+            await batch.write(
+                messages.Changes(conversations=list(loaded.conversations.values())), now
+            )
+        await batch.rollback()
+        assert not recording.done()
+    await asyncio.wait_for(recording, 5)
+    assert await statuses() == ["sent", "sent", "sent"]
+    async with service.db.sessions() as s:
+        pids = (
+            await s.exec(select(OutboxMessage.platform_message_id).order_by(OutboxMessage.id))
+        ).all()  # type: ignore[arg-type]
+    assert pids == ["p0", "p1", "p2"]
+
+
 async def test_two_citizens_finishing_ratings_of_one_dossier_in_one_batch_store_one(
     http: TestClient, service: Service, province: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
