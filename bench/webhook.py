@@ -19,6 +19,7 @@ RSS and CPU per event of both, and the bot/floor ratios the targets are about.
     .venv/bin/python bench/webhook.py -n 6 --pg postgresql://postgres@127.0.0.1/bench_webhook
     .venv/bin/python bench/webhook.py --channel telegram -n 6
     .venv/bin/python bench/webhook.py --floor-only       # the floor alone
+    .venv/bin/python bench/webhook.py -n 20 --versus-sqlite --pg postgresql://postgres@127.0.0.1
 
 The PostgreSQL database must exist and be empty (the bot migrates it; the floor's table is
 dropped when the floor stops). One rating is 7 events; every citizen rates -n dossiers.
@@ -950,13 +951,15 @@ def bot_env(args: argparse.Namespace, db_url: str, port: int, api: FakeApi) -> d
     return env
 
 
-async def run_bot(args: argparse.Namespace, tmp: str) -> tuple[Figures, list[str]]:
+async def run_bot(
+    args: argparse.Namespace, tmp: str, db_url: str | None = None
+) -> tuple[Figures, list[str]]:
     """The bot's run, and the checks made on what the fake saw."""
     mail = Mailboxes()
     api: FakeApi = FakeZaloApi(mail) if args.channel == "zalo" else FakeBotApi(mail)
     await api.start()
     port = free_port()
-    db_url = args.pg or f"sqlite:///{tmp}/bot.db"
+    db_url = db_url or args.pg or f"sqlite:///{tmp}/bot.db"
     argv = [sys.executable, "bot.py", "run"]
     server = await Server.start("bot", argv, bot_env(args, db_url, port, api), "hailong is running")
     try:
@@ -1014,6 +1017,58 @@ async def check_empty(url: str) -> None:
         raise BenchError(f"{url} is not an empty database ({tables} tables): give an empty one")
 
 
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def versus_sqlite(args: argparse.Namespace, tmp: str) -> None:
+    """The bot on SQLite and on PostgreSQL in alternation, each round on a new database
+    (a scratch database next to --pg's, made and dropped here): their events/s, side by
+    side, and the ratio of each pair."""
+    server = args.pg.rsplit("/", 1)[0]
+    pairs: list[tuple[Figures, Figures]] = []
+    for n in range(1, args.rounds + 1):
+        sqlite, _ = await run_bot(args, tmp, f"sqlite:///{tmp}/versus-{n}.db")
+        name = f"hailong_bench_versus_{os.getpid()}_{n}"
+        await _pg_admin(f"{server}/postgres", f"CREATE DATABASE {name}")
+        try:
+            pg, _ = await run_bot(args, tmp, f"{server}/{name}")
+        finally:
+            await _pg_admin(f"{server}/postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        pairs.append((sqlite, pg))
+        print(f"[bench] round {n}: SQLite {sqlite.rate:.1f}, PostgreSQL {pg.rate:.1f} events/s",
+              file=sys.stderr, flush=True)  # fmt: skip
+    channel = "Zalo OA" if args.channel == "zalo" else "Telegram"
+    print(
+        f"{channel} webhook rating, the bot on SQLite and on PostgreSQL in alternation, "
+        f"{args.citizens} concurrent citizens, {args.ratings} ratings each, {args.rounds} rounds"
+    )
+    print(
+        f"  {'round':<6} {'SQLite ev/s':>11} {'p99 ms':>7} {'CPU ms/ev':>9}   "
+        f"{'PostgreSQL ev/s':>15} {'p99 ms':>7} {'CPU ms/ev':>9}   {'SQLite/PostgreSQL':>17}"
+    )
+    ratios = []
+    for n, (sq, pg) in enumerate(pairs, 1):
+        ratios.append(sq.rate / pg.rate)
+        cpu = [f.cpu_seconds / f.run.events * 1000 for f in (sq, pg)]
+        print(
+            f"  {n:<6} {sq.rate:>11.1f} {sq.ms(99):>7.1f} {cpu[0]:>9.2f}"
+            f"   {pg.rate:>15.1f} {pg.ms(99):>7.1f} {cpu[1]:>9.2f}   {ratios[-1]:>16.2f}×"
+        )
+    median = statistics.median(ratios)
+    verdict = "met" if median <= 1.5 else "MISSED"
+    print(
+        f"  median SQLite/PostgreSQL {median:.2f}× (pairs {min(ratios):.2f}–{max(ratios):.2f}×)"
+        f"   target PostgreSQL within 1.5× of SQLite: {verdict}"
+    )
+
+
 def report(args: argparse.Namespace, bot: Figures | None, floor: Figures) -> None:
     backend = "PostgreSQL" if args.pg else "SQLite"
     channel = "Zalo OA" if args.channel == "zalo" else "Telegram"
@@ -1054,6 +1109,11 @@ async def main(args: argparse.Namespace) -> int:
         args.floor_ratings = max(args.ratings, per_citizen)
     tmp = tempfile.mkdtemp(prefix="hailong-bench-webhook-")
     try:
+        if args.versus_sqlite:
+            if not args.pg:
+                raise BenchError("--versus-sqlite needs --pg (a server's URL)")
+            await versus_sqlite(args, tmp)
+            return 0
         if args.pg:
             await check_empty(args.pg)
         codes = [f"H42.51.01-260101-{i:06d}" for i in range(args.citizens * args.ratings)]
@@ -1090,6 +1150,13 @@ def parse_args() -> argparse.Namespace:
         help="ratings per citizen sent to the floor (default: -n, at least 10,000 events)",
     )
     ap.add_argument("--floor-only", action="store_true", help="measure the floor alone")
+    ap.add_argument(
+        "--versus-sqlite",
+        action="store_true",
+        help="with --pg: the bot on SQLite and on PostgreSQL in alternation, --rounds times"
+        " (scratch databases made and dropped on --pg's server), no floor",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="pairs for --versus-sqlite (3)")
     ap.add_argument(
         "--loop",
         choices=["uvloop", "asyncio"],
