@@ -30,7 +30,7 @@ from storage.models import InboxEvent
 
 log = logging.getLogger(__name__)
 
-AGAIN_AFTER = 0.05  # seconds, for a conversation another process holds
+AGAIN_AFTER = 0.05  # seconds, for a conversation another process wrote meanwhile
 
 
 class Dispatcher:

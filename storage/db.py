@@ -116,9 +116,10 @@ class Database:
             kw.setdefault("module", sqlite_driver.dbapi())
         self.engine = create_async_engine(self.url, **kw)
         self._write_lock: asyncio.Lock | None = None
-        # The message path's batches (storage/messages.py) begin and commit their own
-        # transactions, with their first and last statements (in one call on SQLite, in
-        # the same round trips on PostgreSQL): to SQLAlchemy, autocommit connections.
+        # The message path's batches (storage/messages.py) make their own transactions
+        # (SQLite: BEGIN and COMMIT in the same calls as their first and last statements;
+        # PostgreSQL: statements that commit themselves, or BEGIN for table work): to
+        # SQLAlchemy, autocommit connections.
         batch_kw = {**kw, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
         if self.is_sqlite:
             batch_kw["module"] = sqlite_driver.dbapi(inline=True)
@@ -144,9 +145,10 @@ class Database:
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one of the message path's batches, which begins and commits
-        its own transaction (storage/messages.py), with an ORM session on the same
-        connection for table work. SQLite: the batch is this process's writer meanwhile."""
+        """A connection for one of the message path's batches, which makes its own
+        transactions (storage/messages.py), with an ORM session on the same connection
+        for table work. SQLite: the batch is this process's writer meanwhile. PostgreSQL:
+        the sent marks recorded meanwhile wait for its last statement."""
         if self._write_lock is None:
             self.writer.batch_started()  # its last statement takes the sent marks waiting
             try:

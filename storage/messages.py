@@ -16,7 +16,9 @@ types, so what is written here reads back the same through the ORM.
   commits, and should the batch fail, the writes are made again on their own), or in
   a transaction of the writer's otherwise. Its connections do not checkpoint the WAL
   (that flushes the disk: not on the loop's thread); the writer does, in a thread, once
-  a second at most while they write.
+  a second at most while they write. On PostgreSQL the sent marks asked for while a
+  batch runs go with that batch's last statement (one commit fewer), the others in a
+  statement of their own.
 - `Batch` — a conversation batch (bot/conversation.py): `load` reads the conversations
   and their pending events, `write` writes the states, the inbox marks and the outgoing
   messages and commits. On SQLite one transaction from the first to the last, in the
@@ -529,8 +531,9 @@ def _sqlite_rollback(conn: sqlite3.Connection) -> None:
 
 @dataclass
 class Queued:
-    """SQLite writes waiting for the write lock: inbox inserts and sent marks (converted
-    rows), each with the future of the caller waiting for its commit."""
+    """Writes waiting for a batch: inbox inserts and sent marks (converted rows) waiting
+    for SQLite's write lock, sent marks for a PostgreSQL batch's last statement; each with
+    the future of the caller waiting for its commit."""
 
     inbox: list[tuple[list[tuple[Any, ...]], asyncio.Future[list[Any]]]] = field(
         default_factory=list
