@@ -298,6 +298,21 @@ async def test_many_citizens_at_once_each_conversation_in_order(
         assert not (await s.exec(select(Rating))).all()
 
 
+async def _at_the_comment(http: TestClient, codes: list[str]) -> list[ChatClient]:
+    """Citizens (a browser each) who rated these dossiers up to the comment."""
+    citizens = []
+    for code in codes:
+        c = ChatClient(TestClient(http.server))
+        await c.http.start_server()
+        await c.open()
+        await c.start(code)
+        for _ in range(5):
+            last = await c.tap("Hài lòng")
+        assert "góp ý" in question(last[-1])
+        citizens.append(c)
+    return citizens
+
+
 async def test_a_conversation_failing_after_table_work_does_not_hold_back_its_batch(
     http: TestClient,
     service: Service,
@@ -308,16 +323,7 @@ async def test_a_conversation_failing_after_table_work_does_not_hold_back_its_ba
     """Two citizens finish their ratings in one batch; saving one rating fails after its
     row was written. That rating is not kept half-done, the other one is saved and thanked,
     and the failed event is retried later, then succeeds."""
-    citizens = []
-    for code in (COMPLETED, COMPLETED_2):
-        c = ChatClient(TestClient(http.server))
-        await c.http.start_server()
-        await c.open()
-        await c.start(code)
-        for _ in range(5):
-            last = await c.tap("Hài lòng")
-        assert "góp ý" in question(last[-1])
-        citizens.append(c)
+    citizens = await _at_the_comment(http, [COMPLETED, COMPLETED_2])
     real = actions.HANDLERS["save_rating"]
     failing = True
 
@@ -813,16 +819,7 @@ async def test_two_citizens_finishing_ratings_of_one_dossier_in_one_batch_store_
     rated (on PostgreSQL the first rating waits for the batch's last statement)."""
     from storage.models import RatingAnswer
 
-    citizens = []
-    for _ in range(2):
-        c = ChatClient(TestClient(http.server))
-        await c.http.start_server()
-        await c.open()
-        await c.start(COMPLETED)
-        for _ in range(5):
-            last = await c.tap("Hài lòng")
-        assert "góp ý" in question(last[-1])
-        citizens.append(c)
+    citizens = await _at_the_comment(http, [COMPLETED, COMPLETED])
     monkeypatch.setattr(service.dispatcher, "notify", lambda *key: None)
     for c in citizens:
         await c.post({"payload": "skip", "title": "Bỏ qua", "turn": c.current_turn()})
