@@ -339,9 +339,9 @@ _PG_LOAD = (
     )
     + " ORDER BY 1, 2"
 )
+_CONV_VERSIONED = f"{', '.join(CONVERSATION_COLUMNS)}, xmin"  # a conversation, its version
 _PG_CONVERSATIONS = (
-    f"{_CONV_SELECT.replace(' FROM', ', xmin FROM')} WHERE channel = $1 "
-    "AND user_key = ANY($2::text[])"
+    f"SELECT {_CONV_VERSIONED} FROM conversation WHERE channel = $1 AND user_key = ANY($2::text[])"
 )
 
 # Messages marked sent (id, when, the platform's id), those still claimed.
@@ -927,7 +927,6 @@ class Batch:
     ) -> list[ConversationRow]:
         """Conversations for first messages, each with a citizen of its own, in a
         transaction of their own; one another process made meanwhile is read instead."""
-        returning = f"RETURNING {', '.join(CONVERSATION_COLUMNS)}, xmin"
         async with conn.transaction():
             citizens = await conn.fetch(
                 "INSERT INTO citizen (created_at) SELECT $1::timestamptz FROM "
@@ -939,7 +938,7 @@ class Batch:
                 "INSERT INTO conversation (channel, user_key, citizen_id, lang, vars, "
                 "started_at, updated_at) SELECT $1, u, c, $4, '{}'::json, $5, $5 FROM "
                 "unnest($2::text[], $3::int[]) AS t(u, c) "
-                f"ON CONFLICT (channel, user_key) DO NOTHING {returning}",
+                f"ON CONFLICT (channel, user_key) DO NOTHING RETURNING {_CONV_VERSIONED}",
                 channel,
                 users,
                 [r["id"] for r in citizens],
